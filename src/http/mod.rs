@@ -1,0 +1,87 @@
+//! The HTTP API v1: router, shared state, bearer-token check, handlers.
+//!
+//! One file per resource; errors map to status codes in [`error`]; extractors that
+//! reject with the contract's codes in [`extract`]. This layer never builds a Glance
+//! URL: it calls [`ImageService`] and [`CloudRegistry`].
+
+pub mod error;
+pub mod extract;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+use crate::images::ImageService;
+use crate::openstack::registry::CloudRegistry;
+use crate::secret::Secret;
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The image operations.
+    pub images: Arc<ImageService>,
+    /// The clouds in force.
+    pub clouds: Arc<CloudRegistry>,
+    /// The bearer token clients must present (`api_token_file`).
+    pub api_token: Arc<Secret>,
+}
+
+/// The router with every route; `/v1/health` is the only one without auth.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/clouds", put(handlers::put_clouds))
+        .route("/v1/images/latest", get(handlers::latest))
+        .route("/v1/images", post(handlers::upload))
+        .route("/v1/uploads", get(handlers::uploads))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/health", get(handlers::health))
+        .merge(protected)
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Compares the bearer token in constant time.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = presented.is_some_and(|token| {
+        bool::from(token.as_bytes().ct_eq(state.api_token.expose().as_bytes()))
+    });
+    if ok {
+        next.run(request).await
+    } else {
+        axum::response::IntoResponse::into_response(ApiError::unauthorized())
+    }
+}
+
+/// One line per request: method, path, status, duration. Never headers or bodies.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status == StatusCode::OK && path == "/v1/health" {
+        tracing::debug!(%method, %path, status = status.as_u16(), ms, "request");
+    } else {
+        tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
+    }
+    response
+}

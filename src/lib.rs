@@ -1,0 +1,31 @@
+//! # openstack-image-helper
+//!
+//! A long-running daemon that keeps a Juju charm's OpenStack images: it holds a
+//! Keystone session per cloud, uploads new revisions streamed from disk and
+//! verified by their hashes, prunes old ones only after that, and answers "which
+//! image is the latest" with one Glance query. Charm hooks call it over localhost
+//! HTTP or through its CLI.
+//!
+//! # Layout
+//!
+//! - [`config`]: the daemon's own YAML config and the files it keeps (state dir, API token).
+//! - [`clouds`]: clouds.yaml (and secure.yaml) parsing, in openstacksdk's format.
+//! - [`openstack`]: Keystone sessions (token refresh), Glance calls, the cloud registry.
+//! - [`images`]: names, upload + verification, pruning, the reaper. Knows no HTTP.
+//! - [`http`]: the API v1 router, auth, handlers and the error → status mapping.
+//! - [`daemon`]: `serve`: start-up rules, wiring, graceful shutdown.
+//! - [`cli`]: the subcommands, and the client side of the API.
+//! - [`systemd`]: readiness and watchdog notifications.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`secret`]: the wrapper that keeps passwords and tokens out of logs.
+
+pub mod cli;
+pub mod clouds;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod images;
+pub mod openstack;
+pub mod secret;
+pub mod systemd;
+pub mod telemetry;

@@ -1,0 +1,365 @@
+//! Keystone v3: issue a token (`POST /v3/auth/tokens`) and read the catalog.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use url::Url;
+
+use super::{error_message_from_body, OpenStackError, Service};
+use crate::clouds::{
+    AppCredential, Auth, CloudConfig, DomainRef, Interface, ProjectRef, Scope, UserRef,
+};
+use crate::secret::Secret;
+
+/// A Keystone token and what came with it.
+#[derive(Clone, Debug)]
+pub struct Token {
+    /// The `X-Subject-Token` value; sent as `X-Auth-Token`.
+    pub value: Secret,
+    /// When Keystone says the token expires (its clock), for `/v1/status`.
+    pub expires_at: DateTime<Utc>,
+    /// When the token stops being valid by *our* monotonic clock: the moment we
+    /// sent the request plus the lifetime Keystone gave (`expires_at - issued_at`).
+    /// Anchoring to our own clock makes refresh immune to clock skew between
+    /// this host and Keystone, and lets tests drive time with `tokio::time::pause`.
+    pub valid_until: Instant,
+    /// The token's whole lifetime as Keystone issued it.
+    pub lifetime: std::time::Duration,
+    /// The project the token is scoped to; images are listed by this owner.
+    pub project_id: Option<String>,
+    /// The image service's endpoints from the catalog.
+    pub catalog: Vec<CatalogService>,
+}
+
+/// One service of the catalog.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CatalogService {
+    /// The service type, e.g. `image`.
+    #[serde(rename = "type")]
+    pub service_type: String,
+    /// Its endpoints, one per interface and region.
+    #[serde(default)]
+    pub endpoints: Vec<CatalogEndpoint>,
+}
+
+/// One endpoint of a catalog service.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CatalogEndpoint {
+    /// `public`, `internal` or `admin`.
+    pub interface: String,
+    /// The region id (`region_id`), or the legacy `region` name.
+    #[serde(default)]
+    pub region_id: Option<String>,
+    /// The legacy region field, still sent by Keystone.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The endpoint's base URL.
+    pub url: String,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: TokenData,
+}
+
+#[derive(Deserialize)]
+struct TokenData {
+    expires_at: DateTime<Utc>,
+    issued_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    project: Option<IdOnly>,
+    #[serde(default)]
+    catalog: Vec<CatalogService>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+/// `<auth_url>/auth/tokens`, whether `auth_url` ends in `/v3` or not (both are common
+/// in clouds.yaml files).
+pub fn tokens_url(auth_url: &Url) -> Url {
+    let mut base = auth_url.as_str().trim_end_matches('/').to_string();
+    let has_version = base
+        .rsplit('/')
+        .next()
+        .map(|last| last == "v3" || last.starts_with("v3."))
+        .unwrap_or(false);
+    if !has_version {
+        base.push_str("/v3");
+    }
+    base.push_str("/auth/tokens");
+    Url::parse(&base).unwrap_or_else(|_| auth_url.clone())
+}
+
+/// Authenticates once. The caller decides when (see [`super::session`]).
+pub async fn issue_token(
+    client: &reqwest::Client,
+    cloud: &CloudConfig,
+) -> Result<Token, OpenStackError> {
+    let url = tokens_url(cloud.auth.auth_url());
+    let body = auth_request_body(&cloud.auth);
+    let sent_at = Instant::now();
+    let response = client
+        .post(url.clone())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e)
+        })?;
+    let status = response.status();
+    let subject = response
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = response.text().await.map_err(|e| {
+        OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e)
+    })?;
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(OpenStackError::Unauthorized {
+            cloud: cloud.name.clone(),
+            status: status.as_u16(),
+            message: error_message_from_body(&text),
+        });
+    }
+    if !status.is_success() {
+        return Err(OpenStackError::Api {
+            cloud: cloud.name.clone(),
+            service: Service::Keystone,
+            operation: "POST /v3/auth/tokens".to_string(),
+            status: status.as_u16(),
+            message: error_message_from_body(&text),
+        });
+    }
+    let invalid = |detail: String| OpenStackError::InvalidResponse {
+        cloud: cloud.name.clone(),
+        service: Service::Keystone,
+        operation: "POST /v3/auth/tokens".to_string(),
+        detail,
+    };
+    let value = subject.ok_or_else(|| invalid("no X-Subject-Token header".to_string()))?;
+    let parsed: TokenBody =
+        serde_json::from_str(&text).map_err(|e| invalid(format!("token body: {e}")))?;
+    let issued_at = parsed.token.issued_at.unwrap_or_else(Utc::now);
+    let lifetime = (parsed.token.expires_at - issued_at)
+        .to_std()
+        .map_err(|_| invalid("token expires before it was issued".to_string()))?;
+    Ok(Token {
+        value: Secret::new(value),
+        expires_at: parsed.token.expires_at,
+        valid_until: sent_at + lifetime,
+        lifetime,
+        project_id: parsed.token.project.map(|p| p.id),
+        catalog: parsed
+            .token
+            .catalog
+            .into_iter()
+            .filter(|s| s.service_type == "image")
+            .collect(),
+    })
+}
+
+/// The image endpoint for this cloud: the override, else the catalog's `image`
+/// endpoint for the cloud's interface and region. The version suffix (`/v2`) is
+/// removed so that callers always append `/v2/...`.
+pub fn image_endpoint(cloud: &CloudConfig, token: &Token) -> Result<Url, OpenStackError> {
+    if let Some(url) = &cloud.image_endpoint_override {
+        return Ok(strip_version(url));
+    }
+    let interface = match cloud.interface {
+        Interface::Public => "public",
+        Interface::Internal => "internal",
+        Interface::Admin => "admin",
+    };
+    let region = cloud.region_name.as_deref();
+    let found = token
+        .catalog
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .find(|e| {
+            e.interface == interface
+                && region.is_none_or(|r| {
+                    e.region_id.as_deref() == Some(r) || e.region.as_deref() == Some(r)
+                })
+        });
+    let endpoint = found.ok_or_else(|| OpenStackError::NoEndpoint {
+        cloud: cloud.name.clone(),
+        detail: format!(
+            "the catalog has no image endpoint for interface '{interface}'{}",
+            region
+                .map(|r| format!(" in region '{r}'"))
+                .unwrap_or_default()
+        ),
+    })?;
+    let url = Url::parse(&endpoint.url).map_err(|e| OpenStackError::NoEndpoint {
+        cloud: cloud.name.clone(),
+        detail: format!(
+            "the catalog's image endpoint '{}' is not a URL: {e}",
+            endpoint.url
+        ),
+    })?;
+    Ok(strip_version(&url))
+}
+
+fn strip_version(url: &Url) -> Url {
+    let mut url = url.clone();
+    let path = url.path().trim_end_matches('/').to_string();
+    let trimmed = match path.rsplit_once('/') {
+        Some((head, last)) if last == "v2" || last.starts_with("v2.") => head.to_string(),
+        _ => path,
+    };
+    url.set_path(&trimmed);
+    url
+}
+
+fn domain_json(domain: &DomainRef) -> Value {
+    match domain {
+        DomainRef::Id(id) => json!({ "id": id }),
+        DomainRef::Name(name) => json!({ "name": name }),
+    }
+}
+
+fn user_json(user: &UserRef) -> Value {
+    match user {
+        UserRef::Id(id) => json!({ "id": id }),
+        UserRef::Name { name, domain } => json!({ "name": name, "domain": domain_json(domain) }),
+    }
+}
+
+fn scope_json(scope: &Scope) -> Option<Value> {
+    match scope {
+        Scope::Project(ProjectRef::Id(id)) => Some(json!({ "project": { "id": id } })),
+        Scope::Project(ProjectRef::Name { name, domain }) => {
+            Some(json!({ "project": { "name": name, "domain": domain_json(domain) } }))
+        }
+        Scope::Domain(domain) => Some(json!({ "domain": domain_json(domain) })),
+        Scope::Unscoped => None,
+    }
+}
+
+/// The body of `POST /v3/auth/tokens` for each auth type. Application credentials
+/// carry their own scope; the others take the cloud's project or domain.
+pub fn auth_request_body(auth: &Auth) -> Value {
+    let (identity, scope) = match auth {
+        Auth::Password {
+            user,
+            password,
+            scope,
+            ..
+        } => {
+            let mut user = user_json(user);
+            user["password"] = Value::String(password.expose().to_string());
+            (
+                json!({ "methods": ["password"], "password": { "user": user } }),
+                scope_json(scope),
+            )
+        }
+        Auth::ApplicationCredential { credential, .. } => {
+            let cred = match credential {
+                AppCredential::ById { id, secret } => {
+                    json!({ "id": id, "secret": secret.expose() })
+                }
+                AppCredential::ByName { name, user, secret } => {
+                    json!({ "name": name, "user": user_json(user), "secret": secret.expose() })
+                }
+            };
+            (
+                json!({ "methods": ["application_credential"], "application_credential": cred }),
+                None,
+            )
+        }
+        Auth::Token { token, scope, .. } => (
+            json!({ "methods": ["token"], "token": { "id": token.expose() } }),
+            scope_json(scope),
+        ),
+    };
+    let mut body = json!({ "auth": { "identity": identity } });
+    if let Some(scope) = scope {
+        body["auth"]["scope"] = scope;
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_url_adds_v3_only_when_missing() {
+        let u = |s: &str| tokens_url(&Url::parse(s).unwrap()).to_string();
+        assert_eq!(u("http://k:5000"), "http://k:5000/v3/auth/tokens");
+        assert_eq!(u("http://k:5000/"), "http://k:5000/v3/auth/tokens");
+        assert_eq!(u("http://k:5000/v3"), "http://k:5000/v3/auth/tokens");
+        assert_eq!(
+            u("https://k/identity/v3/"),
+            "https://k/identity/v3/auth/tokens"
+        );
+    }
+
+    #[test]
+    fn version_suffix_is_stripped_from_image_endpoints() {
+        let s = |u: &str| strip_version(&Url::parse(u).unwrap()).to_string();
+        assert_eq!(s("http://g:9292/v2"), "http://g:9292/");
+        assert_eq!(s("http://g:9292/v2/"), "http://g:9292/");
+        assert_eq!(s("https://g/image"), "https://g/image");
+        assert_eq!(s("https://g/image/v2.1"), "https://g/image");
+    }
+
+    #[test]
+    fn password_body_scopes_to_the_project_by_name_and_domain() {
+        let auth = Auth::Password {
+            auth_url: Url::parse("http://k/v3").unwrap(),
+            user: UserRef::Name {
+                name: "charm".into(),
+                domain: DomainRef::Name("Default".into()),
+            },
+            password: Secret::new("pw"),
+            scope: Scope::Project(ProjectRef::Name {
+                name: "p".into(),
+                domain: DomainRef::Id("default".into()),
+            }),
+        };
+        let body = auth_request_body(&auth);
+        assert_eq!(body["auth"]["identity"]["methods"][0], "password");
+        assert_eq!(
+            body["auth"]["identity"]["password"]["user"]["name"],
+            "charm"
+        );
+        assert_eq!(
+            body["auth"]["identity"]["password"]["user"]["password"],
+            "pw"
+        );
+        assert_eq!(
+            body["auth"]["identity"]["password"]["user"]["domain"]["name"],
+            "Default"
+        );
+        assert_eq!(body["auth"]["scope"]["project"]["name"], "p");
+        assert_eq!(body["auth"]["scope"]["project"]["domain"]["id"], "default");
+    }
+
+    #[test]
+    fn application_credential_body_has_no_scope() {
+        let auth = Auth::ApplicationCredential {
+            auth_url: Url::parse("http://k/v3").unwrap(),
+            credential: AppCredential::ByName {
+                name: "c".into(),
+                user: UserRef::Id("u1".into()),
+                secret: Secret::new("s"),
+            },
+        };
+        let body = auth_request_body(&auth);
+        assert_eq!(
+            body["auth"]["identity"]["methods"][0],
+            "application_credential"
+        );
+        assert_eq!(
+            body["auth"]["identity"]["application_credential"]["user"]["id"],
+            "u1"
+        );
+        assert!(body["auth"].get("scope").is_none());
+    }
+}

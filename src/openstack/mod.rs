@@ -1,0 +1,293 @@
+//! A thin client for the two OpenStack services the daemon talks to.
+//!
+//! - [`keystone`]: issues tokens and reads the service catalog.
+//! - [`session`]: one authenticated session per cloud, refreshed in the background.
+//! - [`glance`]: the image API calls the daemon needs, through a session.
+//!
+//! Why not an OpenStack SDK crate: the ones measured here either cap every call with
+//! a 30 s total timeout (fatal for multi-GiB uploads), keep a token cache in the
+//! user's home, or pull in a second HTTP stack. What we need is a dozen calls.
+
+pub mod glance;
+pub mod keystone;
+pub mod registry;
+pub mod session;
+
+use std::time::Duration;
+
+use crate::clouds::{CloudConfig, TlsSettings};
+
+/// Which OpenStack service an error came from, for messages an operator can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Keystone,
+    Glance,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Keystone => "Keystone",
+            Service::Glance => "Glance",
+        })
+    }
+}
+
+/// Everything that can go wrong talking to OpenStack. Every variant names the cloud;
+/// none carries a secret (URLs never hold one, bodies are OpenStack's own messages).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStackError {
+    /// Keystone refused the credentials (401 on `POST /v3/auth/tokens`).
+    #[error("cloud '{cloud}': Keystone rejected the credentials ({status}): {message}")]
+    Unauthorized {
+        cloud: String,
+        status: u16,
+        message: String,
+    },
+    /// The service could not be reached at all (refused, DNS, TLS, timeout).
+    #[error("cloud '{cloud}': cannot reach {service} at {url}: {cause}")]
+    Connection {
+        cloud: String,
+        service: Service,
+        url: String,
+        cause: String,
+    },
+    /// The service answered with an error status.
+    #[error("cloud '{cloud}': {service} answered {status} to {operation}: {message}")]
+    Api {
+        cloud: String,
+        service: Service,
+        operation: String,
+        status: u16,
+        message: String,
+    },
+    /// The service answered 2xx with something we cannot read.
+    #[error("cloud '{cloud}': unexpected answer from {service} to {operation}: {detail}")]
+    InvalidResponse {
+        cloud: String,
+        service: Service,
+        operation: String,
+        detail: String,
+    },
+    /// The catalog has no image endpoint for this cloud's region and interface.
+    #[error("cloud '{cloud}': {detail}")]
+    NoEndpoint { cloud: String, detail: String },
+    /// The TLS settings of the cloud (cacert, cert, key) cannot be used.
+    #[error("cloud '{cloud}': TLS settings: {detail}")]
+    Tls { cloud: String, detail: String },
+    /// No valid token, and getting one failed for a reason other than bad credentials.
+    #[error("cloud '{cloud}': no valid Keystone session yet: {reason}")]
+    NotReady { cloud: String, reason: String },
+}
+
+impl OpenStackError {
+    /// The HTTP status OpenStack answered with, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            OpenStackError::Api { status, .. } | OpenStackError::Unauthorized { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn connection(
+        cloud: &str,
+        service: Service,
+        url: &str,
+        err: &reqwest::Error,
+    ) -> Self {
+        OpenStackError::Connection {
+            cloud: cloud.to_string(),
+            service,
+            url: url.to_string(),
+            cause: error_chain(err),
+        }
+    }
+}
+
+/// A reqwest error with its sources, because reqwest's own `Display` stops at
+/// "error sending request" and hides the useful part (connection refused, TLS...).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// OpenStack's error text from a response body: Keystone's and Glance's JSON
+/// `{"error": {"message"}}`, or Glance's HTML pages reduced to their words.
+pub(crate) fn error_message_from_body(body: &str) -> String {
+    const MAX: usize = 500;
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(body) {
+        let found = value
+            .pointer("/error/message")
+            .or_else(|| value.get("message"))
+            .or_else(|| value.pointer("/badRequest/message"))
+            .and_then(|m| m.as_str());
+        if let Some(message) = found {
+            return truncate(message.trim(), MAX);
+        }
+    }
+    let mut text = String::with_capacity(body.len());
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    // Glance's pages repeat the title ("413 Request Entity Too Large") as a heading.
+    let mut joined = words.join(" ");
+    if let Some(rest) = dedupe_heading(&joined) {
+        joined = rest;
+    }
+    if joined.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        truncate(&joined, MAX)
+    }
+}
+
+fn dedupe_heading(text: &str) -> Option<String> {
+    let words: Vec<&str> = text.split(' ').collect();
+    for n in (1..=words.len() / 2).rev() {
+        if words[..n] == words[n..2 * n] {
+            return Some(words[n..].join(" "));
+        }
+    }
+    None
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// How long an ordinary API call (not an upload) may take in all.
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long establishing a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The two HTTP clients of a cloud: one for API calls with a total timeout, one for
+/// uploads with none (reqwest#2784: a read timeout aborted an upload that was still
+/// progressing), whose stall is watched by the upload itself.
+#[derive(Clone, Debug)]
+pub struct HttpClients {
+    /// For API calls: bounded by [`API_CALL_TIMEOUT`].
+    pub api: reqwest::Client,
+    /// For image data: no total timeout; the caller enforces a stall timeout.
+    pub upload: reqwest::Client,
+}
+
+impl HttpClients {
+    pub fn for_cloud(cloud: &CloudConfig) -> Result<Self, OpenStackError> {
+        let api = builder(&cloud.name, &cloud.tls)?
+            .timeout(API_CALL_TIMEOUT)
+            .build()
+            .map_err(|e| tls_error(&cloud.name, &e))?;
+        let upload = builder(&cloud.name, &cloud.tls)?
+            .build()
+            .map_err(|e| tls_error(&cloud.name, &e))?;
+        Ok(HttpClients { api, upload })
+    }
+}
+
+fn tls_error(cloud: &str, err: &reqwest::Error) -> OpenStackError {
+    OpenStackError::Tls {
+        cloud: cloud.to_string(),
+        detail: error_chain(err),
+    }
+}
+
+fn builder(cloud: &str, tls: &TlsSettings) -> Result<reqwest::ClientBuilder, OpenStackError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| OpenStackError::Tls {
+            cloud: cloud.to_string(),
+            detail: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!(
+            "openstack-image-helper/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(50));
+    if let Some(cacert) = &tls.cacert {
+        let certs = reqwest::Certificate::from_pem_bundle(&read(cacert)?)
+            .map_err(|e| tls_error(cloud, &e))?;
+        // openstacksdk (requests' `verify=<bundle>`) trusts only the given bundle.
+        builder = builder.tls_certs_only(certs);
+    }
+    if !tls.verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), key) => {
+            let mut pem = read(cert)?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| tls_error(cloud, &e))?;
+            builder = builder.identity(identity);
+        }
+        (None, Some(_)) => {
+            return Err(OpenStackError::Tls {
+                cloud: cloud.to_string(),
+                detail: "`key` is set without `cert`".to_string(),
+            })
+        }
+        (None, None) => {}
+    }
+    Ok(builder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keystone_json_error_gives_its_message() {
+        let body = r#"{"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}}"#;
+        assert_eq!(
+            error_message_from_body(body),
+            "The request you have made requires authentication."
+        );
+    }
+
+    #[test]
+    fn glance_html_error_is_reduced_to_its_words() {
+        let body = "<html>\n <head>\n  <title>413 Request Entity Too Large</title>\n </head>\n <body>\n  <h1>413 Request Entity Too Large</h1>\n  Image exceeds the storage quota: 10 bytes<br /><br />\n\n\n\n </body>\n</html>";
+        assert_eq!(
+            error_message_from_body(body),
+            "413 Request Entity Too Large Image exceeds the storage quota: 10 bytes"
+        );
+    }
+
+    #[test]
+    fn long_bodies_are_truncated() {
+        let body = "x".repeat(2000);
+        assert!(error_message_from_body(&body).chars().count() <= 501);
+    }
+}

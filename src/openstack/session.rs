@@ -1,0 +1,581 @@
+//! One authenticated Keystone session per cloud, kept fresh in the background.
+//!
+//! The point of the daemon is that a hook never waits on Keystone (a token costs
+//! 0.35-0.42 s here). So a [`Session`] holds the current token and a background
+//! [`refresh loop`](Session::start_refresher) replaces it before it expires:
+//!
+//! - at `lifetime - margin`, where the margin is `token_refresh_margin` but at least
+//!   10 % of the lifetime (so never later than 90 % of it), and for tokens too
+//!   short for the configured margin (margin over half the lifetime) 10 % of the
+//!   lifetime, so that there is one token request per lifetime, not a storm;
+//! - when that fails, again with exponential backoff and jitter, while the current
+//!   token stays in use until it expires;
+//! - a service's 401 (a revoked token) triggers one re-authentication shared by
+//!   every request that saw it (single flight), and the request is retried once.
+//!
+//! Tokens are timed on our monotonic clock (see [`Token::valid_until`]), and the
+//! token source is injectable, so the schedule is tested with `tokio::time::pause`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderValue;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use url::Url;
+
+use super::keystone::{self, Token};
+use super::{HttpClients, OpenStackError, Service};
+use crate::clouds::CloudConfig;
+
+/// A token this close to expiry is not sent: it could expire on the way.
+pub const EXPIRY_SAFETY: Duration = Duration::from_secs(5);
+/// Backoff after failed authentications starts here...
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// ...and doubles up to this, so a Keystone that comes back is noticed quickly.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Rejected credentials are retried more slowly: Keystone may lock the account.
+const BACKOFF_CAP_UNAUTHORIZED: Duration = Duration::from_secs(300);
+
+/// When to refresh a token of `lifetime`, counted from when it was requested.
+pub fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
+    let tenth = lifetime / 10;
+    let effective = if margin > lifetime / 2 {
+        tenth
+    } else {
+        margin.max(tenth)
+    };
+    lifetime.saturating_sub(effective)
+}
+
+/// The wait before retry number `failures` (1-based), with "equal jitter": half
+/// fixed, half random, so that many daemons do not retry in step.
+pub fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let full = exp.min(cap);
+    full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// What produces tokens: Keystone in the daemon, a counter in unit tests.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, OpenStackError>> + Send>>;
+pub type TokenIssuer = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
+
+/// A valid token and the image endpoint that goes with it.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The token and its catalog.
+    pub token: Token,
+    /// Glance's base URL, without the `/v2` suffix.
+    pub image_endpoint: Url,
+    /// Counts re-authentications, so that concurrent 401s share one (single flight).
+    pub generation: u64,
+}
+
+impl Authenticated {
+    fn usable_at(&self, now: Instant) -> bool {
+        now + EXPIRY_SAFETY < self.token.valid_until
+    }
+}
+
+/// Counters and the last error, for `/v1/status`.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    /// Every `POST /v3/auth/tokens` made, failed ones included.
+    token_requests: u64,
+    /// 401s from Glance (revoked or expired tokens seen by a service).
+    unauthorized_responses: u64,
+    /// The last authentication error, cleared by the next success.
+    last_error: Option<String>,
+}
+
+/// The daemon's view of a cloud, as `/v1/status` shows it. Holds no secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CloudStatus {
+    pub name: String,
+    pub authenticated: bool,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub image_endpoint: Option<String>,
+    pub last_error: Option<String>,
+    /// Extension: tokens requested since the session was created.
+    pub token_requests: u64,
+    /// Extension: 401 answers from Glance that forced a re-authentication.
+    pub unauthorized_responses: u64,
+}
+
+/// The authenticated session of one cloud.
+pub struct Session {
+    /// The cloud as clouds.yaml describes it.
+    cloud: CloudConfig,
+    /// HTTP clients built with the cloud's TLS settings.
+    clients: HttpClients,
+    /// `token_refresh_margin` from the daemon config.
+    margin: Duration,
+    /// Where tokens come from.
+    issuer: TokenIssuer,
+    /// The current token, if any; replaced as a whole.
+    current: RwLock<Option<Arc<Authenticated>>>,
+    /// Held while a token is requested, so that concurrent needs share one request.
+    renewing: tokio::sync::Mutex<()>,
+    /// Counters and last error.
+    stats: Mutex<Stats>,
+    /// Wakes the refresh loop when a token was replaced outside it.
+    wake: Arc<Notify>,
+    /// The refresh loop, aborted when the session is dropped (clouds replaced).
+    refresher: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("cloud", &self.cloud.name)
+            .finish()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Ok(mut handle) = self.refresher.lock() {
+            if let Some(handle) = handle.take() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A session that gets its tokens from the cloud's Keystone.
+    pub fn new(cloud: CloudConfig, margin: Duration) -> Result<Arc<Session>, OpenStackError> {
+        let clients = HttpClients::for_cloud(&cloud)?;
+        let issuer: TokenIssuer = {
+            let client = clients.api.clone();
+            let cloud = cloud.clone();
+            Arc::new(move || {
+                let client = client.clone();
+                let cloud = cloud.clone();
+                Box::pin(async move { keystone::issue_token(&client, &cloud).await })
+            })
+        };
+        Ok(Self::with_issuer(cloud, clients, margin, issuer))
+    }
+
+    /// A session with its own token source (tests).
+    pub fn with_issuer(
+        cloud: CloudConfig,
+        clients: HttpClients,
+        margin: Duration,
+        issuer: TokenIssuer,
+    ) -> Arc<Session> {
+        Arc::new(Session {
+            cloud,
+            clients,
+            margin,
+            issuer,
+            current: RwLock::new(None),
+            renewing: tokio::sync::Mutex::new(()),
+            stats: Mutex::new(Stats::default()),
+            wake: Arc::new(Notify::new()),
+            refresher: Mutex::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cloud.name
+    }
+
+    pub fn cloud(&self) -> &CloudConfig {
+        &self.cloud
+    }
+
+    pub fn clients(&self) -> &HttpClients {
+        &self.clients
+    }
+
+    fn current(&self) -> Option<Arc<Authenticated>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    fn with_stats<R>(&self, f: impl FnOnce(&mut Stats) -> R) -> R {
+        match self.stats.lock() {
+            Ok(mut stats) => f(&mut stats),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// The current token if it is still good to send.
+    pub fn valid(&self) -> Option<Arc<Authenticated>> {
+        self.current().filter(|a| a.usable_at(Instant::now()))
+    }
+
+    /// Requests a new token unless someone already replaced the one the caller saw
+    /// (`seen`: the generation it saw, `None` if it saw none). Single flight: callers
+    /// that arrive while a request is under way wait for it and share its result.
+    pub async fn renew(&self, seen: Option<u64>) -> Result<Arc<Authenticated>, OpenStackError> {
+        let _guard = self.renewing.lock().await;
+        if let Some(current) = self.current() {
+            if Some(current.generation) != seen && current.usable_at(Instant::now()) {
+                return Ok(current);
+            }
+        }
+        self.with_stats(|s| s.token_requests += 1);
+        let result = (self.issuer)().await.and_then(|token| {
+            let image_endpoint = keystone::image_endpoint(&self.cloud, &token)?;
+            Ok((token, image_endpoint))
+        });
+        match result {
+            Ok((token, image_endpoint)) => {
+                let generation = self.current().map(|c| c.generation + 1).unwrap_or(1);
+                tracing::info!(
+                    cloud = %self.cloud.name,
+                    expires_at = %token.expires_at,
+                    lifetime_s = token.lifetime.as_secs(),
+                    "authenticated"
+                );
+                let fresh = Arc::new(Authenticated {
+                    token,
+                    image_endpoint,
+                    generation,
+                });
+                if let Ok(mut current) = self.current.write() {
+                    *current = Some(fresh.clone());
+                }
+                self.with_stats(|s| s.last_error = None);
+                self.wake.notify_waiters();
+                Ok(fresh)
+            }
+            Err(err) => {
+                tracing::warn!(cloud = %self.cloud.name, error = %err, "authentication failed");
+                self.with_stats(|s| s.last_error = Some(err.to_string()));
+                Err(err)
+            }
+        }
+    }
+
+    /// A token good to send now: the current one, or a new one when there is none
+    /// (Keystone was down at start, or the token expired while refreshes failed).
+    /// Bad credentials stay `Unauthorized`; anything else becomes `NotReady`.
+    pub async fn authenticated(&self) -> Result<Arc<Authenticated>, OpenStackError> {
+        if let Some(valid) = self.valid() {
+            return Ok(valid);
+        }
+        let seen = self.current().map(|c| c.generation);
+        self.renew(seen).await.map_err(|err| match err {
+            OpenStackError::Unauthorized { .. } => err,
+            other => OpenStackError::NotReady {
+                cloud: self.cloud.name.clone(),
+                reason: other.to_string(),
+            },
+        })
+    }
+
+    /// Sends a request built by `build` with the current token. On a 401 the token
+    /// is replaced (once, shared with concurrent requests) and the request is sent
+    /// again once. The response is returned whatever its status.
+    pub async fn send<F>(
+        &self,
+        service: Service,
+        build: F,
+    ) -> Result<(reqwest::Response, Arc<Authenticated>), OpenStackError>
+    where
+        F: Fn(&HttpClients, &Url) -> reqwest::RequestBuilder,
+    {
+        let auth = self.authenticated().await?;
+        let response = self.send_with(service, &build, &auth).await?;
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok((response, auth));
+        }
+        self.with_stats(|s| s.unauthorized_responses += 1);
+        tracing::info!(cloud = %self.cloud.name, "{service} answered 401: re-authenticating");
+        let auth = self.renew(Some(auth.generation)).await?;
+        let response = self.send_with(service, &build, &auth).await?;
+        Ok((response, auth))
+    }
+
+    async fn send_with<F>(
+        &self,
+        service: Service,
+        build: &F,
+        auth: &Authenticated,
+    ) -> Result<reqwest::Response, OpenStackError>
+    where
+        F: Fn(&HttpClients, &Url) -> reqwest::RequestBuilder,
+    {
+        let request = build(&self.clients, &auth.image_endpoint)
+            .header("X-Auth-Token", token_header(auth)?)
+            .build()
+            .map_err(|e| OpenStackError::connection(&self.cloud.name, service, "", &e))?;
+        let url = request.url().to_string();
+        self.clients
+            .api
+            .execute(request)
+            .await
+            .map_err(|e| OpenStackError::connection(&self.cloud.name, service, &url, &e))
+    }
+
+    /// Starts the background refresh loop. It holds only a weak reference, so
+    /// dropping the session (clouds replaced) ends it.
+    pub fn start_refresher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let wake = self.wake.clone();
+        let handle = tokio::spawn(refresh_loop(weak, wake));
+        if let Ok(mut slot) = self.refresher.lock() {
+            *slot = Some(handle.abort_handle());
+        }
+    }
+
+    pub fn status(&self) -> CloudStatus {
+        let current = self.current();
+        let stats = self.with_stats(|s| s.clone());
+        let now = Instant::now();
+        CloudStatus {
+            name: self.cloud.name.clone(),
+            authenticated: current.as_ref().is_some_and(|c| c.usable_at(now)),
+            token_expires_at: current.as_ref().map(|c| c.token.expires_at),
+            image_endpoint: current
+                .as_ref()
+                .map(|c| c.image_endpoint.to_string())
+                .or_else(|| {
+                    self.cloud
+                        .image_endpoint_override
+                        .as_ref()
+                        .map(|u| u.to_string())
+                }),
+            last_error: stats.last_error,
+            token_requests: stats.token_requests,
+            unauthorized_responses: stats.unauthorized_responses,
+        }
+    }
+}
+
+/// The token as a header value marked sensitive, so that hyper never logs it.
+pub fn token_header(auth: &Authenticated) -> Result<HeaderValue, OpenStackError> {
+    let mut value = HeaderValue::from_str(auth.token.value.expose()).map_err(|_| {
+        OpenStackError::InvalidResponse {
+            cloud: String::new(),
+            service: Service::Keystone,
+            operation: "POST /v3/auth/tokens".to_string(),
+            detail: "the token is not a valid header value".to_string(),
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+async fn refresh_loop(weak: Weak<Session>, wake: Arc<Notify>) {
+    let mut failures: u32 = 0;
+    let mut cap = BACKOFF_CAP;
+    loop {
+        let at = {
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            match session.current() {
+                _ if failures > 0 => now + backoff(failures, cap, rand::random::<f64>()),
+                Some(current) if current.usable_at(now) => {
+                    let requested_at = current.token.valid_until - current.token.lifetime;
+                    requested_at + refresh_delay(current.token.lifetime, session.margin)
+                }
+                _ => now,
+            }
+        };
+        let woken = wake.notified();
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = woken => { failures = 0; continue; }
+        }
+        let Some(session) = weak.upgrade() else {
+            return;
+        };
+        let seen = session.current().map(|c| c.generation);
+        match session.renew(seen).await {
+            Ok(_) => {
+                failures = 0;
+                cap = BACKOFF_CAP;
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                cap = if matches!(err, OpenStackError::Unauthorized { .. }) {
+                    BACKOFF_CAP_UNAUTHORIZED
+                } else {
+                    BACKOFF_CAP
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn refresh_uses_the_margin_when_it_fits() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            refresh_delay(hour, Duration::from_secs(600)),
+            Duration::from_secs(3000)
+        );
+    }
+
+    #[test]
+    fn refresh_is_never_later_than_ninety_percent_of_the_lifetime() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            refresh_delay(hour, Duration::from_secs(10)),
+            Duration::from_secs(3240)
+        );
+    }
+
+    #[test]
+    fn short_tokens_refresh_once_per_lifetime_not_in_a_storm() {
+        // A 10 min margin on a 60 s token would refresh constantly; 10 % is used.
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            refresh_delay(minute, Duration::from_secs(600)),
+            Duration::from_secs(54)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_within_half() {
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff(1, cap, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(1, cap, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, cap, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(20, cap, 1.0), cap);
+        assert_eq!(backoff(20, cap, 0.0), cap / 2);
+    }
+
+    fn test_cloud() -> CloudConfig {
+        let yaml = r#"
+clouds:
+  t:
+    auth:
+      auth_url: http://127.0.0.1:1/v3
+      username: u
+      password: p
+      project_name: p
+      user_domain_name: Default
+      project_domain_name: Default
+    image_endpoint_override: http://127.0.0.1:2
+"#;
+        crate::clouds::CloudsFile::parse(yaml, None, None)
+            .unwrap()
+            .clouds
+            .remove(0)
+    }
+
+    fn token(lifetime: Duration) -> Token {
+        Token {
+            value: crate::secret::Secret::new("tok"),
+            expires_at: Utc::now() + chrono::Duration::from_std(lifetime).unwrap(),
+            valid_until: Instant::now() + lifetime,
+            lifetime,
+            project_id: Some("p".into()),
+            catalog: vec![],
+        }
+    }
+
+    /// A session whose tokens live `lifetime`; the first `fail_first` requests fail.
+    fn counting_session(
+        lifetime: Duration,
+        margin: Duration,
+        fail_after: u32,
+        fail_count: u32,
+    ) -> (Arc<Session>, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let issuer: TokenIssuer = Arc::new(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n >= fail_after && n < fail_after + fail_count {
+                    Err(OpenStackError::Connection {
+                        cloud: "t".into(),
+                        service: Service::Keystone,
+                        url: "http://k".into(),
+                        cause: "refused".into(),
+                    })
+                } else {
+                    Ok(token(lifetime))
+                }
+            })
+        });
+        let cloud = test_cloud();
+        let clients = HttpClients::for_cloud(&cloud).unwrap();
+        (Session::with_issuer(cloud, clients, margin, issuer), calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_token_per_lifetime_over_three_lifetimes() {
+        let life = Duration::from_secs(60);
+        let (session, calls) = counting_session(life, Duration::from_secs(600), u32::MAX, 0);
+        session.start_refresher();
+        // Sample like a busy hook would: the session must always have a valid token.
+        for _ in 0..180 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(session.valid().is_some(), "no valid token at some point");
+        }
+        // Requests at 0, 54, 108, 162 s: one per 0.9 lifetime.
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_refresh_retries_with_backoff_while_the_old_token_serves() {
+        let life = Duration::from_secs(100);
+        // The first refresh (call #1, at 90 s) and the next two retries fail.
+        let (session, calls) = counting_session(life, Duration::from_secs(10), 1, 3);
+        session.start_refresher();
+        tokio::time::sleep(Duration::from_millis(90_200)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "first refresh at 90 s");
+        let first_generation = session.valid().expect("old token still in use").generation;
+        assert_eq!(first_generation, 1);
+        assert!(session.status().last_error.is_some());
+        // Retries after at most 1 s, 2 s and 4 s (jittered down to half): by 97 s.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        let now = session.valid().expect("a new token");
+        assert_eq!(now.generation, 2);
+        assert!(session.status().last_error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_renewals_of_the_same_token_share_one_request() {
+        let (session, calls) = counting_session(
+            Duration::from_secs(3600),
+            Duration::from_secs(600),
+            u32::MAX,
+            0,
+        );
+        let first = session.authenticated().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = session.clone();
+            let seen = first.generation;
+            tasks.push(tokio::spawn(async move {
+                s.renew(Some(seen)).await.unwrap().generation
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 2);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keystone_down_at_start_recovers_without_a_restart() {
+        let life = Duration::from_secs(3600);
+        let (session, calls) = counting_session(life, Duration::from_secs(600), 0, 4);
+        session.start_refresher();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!session.status().authenticated);
+        assert!(session.status().last_error.unwrap().contains("refused"));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(session.status().authenticated);
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+}

@@ -1,0 +1,58 @@
+//! A wrapper for values that must never reach a log, a status answer or an error.
+
+use std::fmt;
+
+/// A password, application-credential secret, token or API key.
+///
+/// `Debug` and `Display` print `***`, so a secret inside a config struct, a log
+/// field or an error message gives itself away as redacted instead of leaking.
+/// The only way to the value is [`Secret::expose`], which is easy to grep for.
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must send it (a request header or body).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(format!("{s}"), "***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}
