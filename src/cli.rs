@@ -151,6 +151,13 @@ fn load_config(explicit: Option<&PathBuf>) -> Result<Config, String> {
 
 async fn serve(config: Config) -> i32 {
     crate::telemetry::init(config.log_format);
+    let shutdown = match crate::daemon::shutdown_signal() {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!("cannot install signal handlers: {err}");
+            return EXIT_DAEMON_ERROR;
+        }
+    };
     let listener = match crate::daemon::Listener::bind(&config).await {
         Ok(l) => l,
         Err(err) => {
@@ -158,7 +165,7 @@ async fn serve(config: Config) -> i32 {
             return EXIT_DAEMON_ERROR;
         }
     };
-    match crate::daemon::run(config, listener, crate::daemon::shutdown_signal()).await {
+    match crate::daemon::run(config, listener, shutdown).await {
         Ok(()) => EXIT_OK,
         Err(err) => {
             tracing::error!("{err}");

@@ -194,20 +194,17 @@ pub async fn run(
     served.map_err(DaemonError::Serve)
 }
 
-/// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// A future that resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The
+/// handlers are installed here, at once, so a signal that arrives during start-up
+/// is not lost (the default action would kill the process mid-way).
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

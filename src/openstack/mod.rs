@@ -133,9 +133,15 @@ pub(crate) fn error_message_from_body(body: &str) -> String {
             .or_else(|| value.pointer("/badRequest/message"))
             .and_then(|m| m.as_str());
         if let Some(message) = found {
-            return truncate(message.trim(), MAX);
+            return words_of(message, MAX);
         }
     }
+    words_of(body, MAX)
+}
+
+/// Text with HTML tags removed and white space folded (Glance puts `<br />` even
+/// in its JSON messages).
+fn words_of(body: &str, max: usize) -> String {
     let mut text = String::with_capacity(body.len());
     let mut in_tag = false;
     for c in body.chars() {
@@ -158,7 +164,7 @@ pub(crate) fn error_message_from_body(body: &str) -> String {
     if joined.is_empty() {
         "(empty body)".to_string()
     } else {
-        truncate(&joined, MAX)
+        truncate(&joined, max)
     }
 }
 
@@ -282,6 +288,15 @@ mod tests {
         assert_eq!(
             error_message_from_body(body),
             "413 Request Entity Too Large Image exceeds the storage quota: 10 bytes"
+        );
+    }
+
+    #[test]
+    fn glance_json_error_loses_its_html() {
+        let body = r#"{"message": "The incoming image is too large: The provided image is too large.<br /><br />\n\n\n", "code": "413 Request Entity Too Large", "title": "Request Entity Too Large"}"#;
+        assert_eq!(
+            error_message_from_body(body),
+            "The incoming image is too large: The provided image is too large."
         );
     }
 

@@ -307,11 +307,32 @@ impl Session {
             .build()
             .map_err(|e| OpenStackError::connection(&self.cloud.name, service, "", &e))?;
         let url = request.url().to_string();
-        self.clients
-            .api
-            .execute(request)
-            .await
-            .map_err(|e| OpenStackError::connection(&self.cloud.name, service, &url, &e))
+        // A connection the server closed while it sat in the pool (uWSGI, for one,
+        // closes after every answer) fails at once; an idempotent request is
+        // safely sent again, once.
+        let retry = is_idempotent(request.method())
+            .then(|| request.try_clone())
+            .flatten();
+        match self.clients.api.execute(request).await {
+            Ok(response) => Ok(response),
+            Err(err) if !err.is_timeout() && retry.is_some() => {
+                tracing::debug!(cloud = %self.cloud.name, error = %err, "retrying once");
+                let retry = retry.ok_or_else(|| {
+                    OpenStackError::connection(&self.cloud.name, service, &url, &err)
+                })?;
+                self.clients
+                    .api
+                    .execute(retry)
+                    .await
+                    .map_err(|e| OpenStackError::connection(&self.cloud.name, service, &url, &e))
+            }
+            Err(err) => Err(OpenStackError::connection(
+                &self.cloud.name,
+                service,
+                &url,
+                &err,
+            )),
+        }
     }
 
     /// Starts the background refresh loop. It holds only a weak reference, so
@@ -347,6 +368,13 @@ impl Session {
             unauthorized_responses: stats.unauthorized_responses,
         }
     }
+}
+
+fn is_idempotent(method: &reqwest::Method) -> bool {
+    matches!(
+        *method,
+        reqwest::Method::GET | reqwest::Method::HEAD | reqwest::Method::DELETE
+    )
 }
 
 /// The token as a header value marked sensitive, so that hyper never logs it.

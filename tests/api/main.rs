@@ -1,1 +1,9 @@
+//! Black-box tests: daemons spawned in-process on port 0, driven over HTTP (and the
+//! CLI binary), against the real Keystone and Glance of `tests/openstack/up.sh`.
+//! One test binary with a module per feature, so it links once.
 
+mod cli;
+mod foundation;
+mod helpers;
+mod images;
+mod tokens;

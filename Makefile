@@ -1,0 +1,39 @@
+# The two commands of the README, and a few more.
+#   make demo   the daemon against a local real Keystone + Glance: an upload and a latest query
+#   make test   every test: unit tests, and the API tests against the real Keystone + Glance
+
+SHELL := /bin/bash
+# Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
+TEST_TOKEN_LIFETIME ?= 60
+
+.PHONY: demo test unit bed bed-down bench build fmt lint
+
+build:
+	cargo build --release
+
+demo: build
+	tests/openstack/up.sh
+	tests/demo.sh
+
+bed:
+	OSIH_TOKEN_LIFETIME=$(TEST_TOKEN_LIFETIME) tests/openstack/up.sh
+
+bed-down:
+	tests/openstack/down.sh
+
+test: bed
+	cargo test --all-targets
+
+unit:
+	cargo test --lib
+
+bench: build
+	tests/openstack/up.sh
+	benches/compare.sh
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

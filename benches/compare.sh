@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Benchmarks that print a comparison (speed and memory goals live here, not in
+# timed tests). Needs the test bed (tests/openstack/up.sh) and a release build.
+#
+#   1. "latest": the old Python module's way (fresh process, openstacksdk, list all
+#      images, filter on the client) against the daemon (CLI and plain HTTP).
+#   2. upload: the daemon (read once, md5 + sha512 while streaming, verify, prune)
+#      against `curl -T` of the same file straight to the same Glance.
+#   3. the daemon's peak memory (VmHWM) over the upload.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bed=${OSIH_BED_DIR:-$repo/target/openstack-bed}
+work=$repo/target/bench
+bin=$repo/target/release/openstack-image-helper
+venv=$(sed -n 's/^export OSIH_BED_VENV=//p' "$bed/env")
+runs=${BENCH_RUNS:-10}
+size_mib=${BENCH_IMAGE_MIB:-1024}
+port=${BENCH_PORT:-18428}
+[[ -x $bin ]] || cargo build --release --manifest-path "$repo/Cargo.toml"
+mkdir -p "$work/images"
+
+cat >"$work/config.yaml" <<YAML
+listen: 127.0.0.1:$port
+clouds_yaml: $bed/clouds.yaml
+default_cloud: charm
+state_dir: $work/state
+api_token_file: $work/state/api-token
+upload_dirs: [$work/images]
+YAML
+"$bin" serve --config "$work/config.yaml" >"$work/daemon.log" 2>&1 &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
+cli() { "$bin" --config "$work/config.yaml" "$@"; }
+for _ in $(seq 100); do cli status 2>/dev/null | grep -q '^charm: authenticated' && break; sleep 0.2; done
+token=$(cat "$work/state/api-token")
+
+# Something to find: a few images in the project, one of them ours.
+image=$work/images/bench.img
+if [[ ! -s $image ]] || (( $(stat -c %s "$image") != size_mib * 1024 * 1024 )); then
+  head -c $((size_mib * 1024 * 1024)) /dev/urandom >"$image"
+fi
+head -c 1048576 /dev/urandom >"$work/images/small.img"
+cli upload --base jammy --app-name bench --arch x64 --num-revisions 2 --src-path "$work/images/small.img" >/dev/null
+
+now() { date +%s.%N; }
+since() { awk -v s="$1" -v e="$(now)" 'BEGIN { print e - s }'; }
+stats() { sort -n | awk '{a[NR]=$1; s+=$1} END {printf "mean %7.1f ms   median %7.1f ms   (n=%d)\n", s/NR*1000, a[int((NR+1)/2)]*1000, NR}'; }
+
+echo "== latest active image, $runs runs each"
+printf '%-44s' "old: fresh python + openstacksdk, list all:"
+for _ in $(seq "$runs"); do
+  t=$(now); OS_CLIENT_CONFIG_FILE=$bed/clouds.yaml "$venv/bin/python" "$repo/benches/old_latest.py" charm jammy-bench-x64 >/dev/null; since "$t"
+done | stats
+printf '%-44s' "daemon, CLI (fresh process):"
+for _ in $(seq "$runs"); do
+  t=$(now); cli latest --base jammy --app-name bench --arch x64 >/dev/null; since "$t"
+done | stats
+printf '%-44s' "daemon, HTTP (curl, as a hook would):"
+for _ in $(seq "$runs"); do
+  t=$(now)
+  curl -fsS -o /dev/null -H "Authorization: Bearer $token" \
+    "http://127.0.0.1:$port/v1/images/latest?base=jammy&app_name=bench&arch=x64"
+  since "$t"
+done | stats
+
+echo "== upload of $size_mib MiB"
+gtoken=$(curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
+  "$(sed -n 's/^export KEYSTONE_URL=//p' "$bed/env")/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r')
+glance=$(sed -n 's/^export GLANCE_URL=//p' "$bed/env")
+id=$(curl -fsS -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/json' \
+  -d '{"name":"bench-curl","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" | sed 's/.*"id": "\([^"]*\)".*/\1/')
+t=$(now)
+curl -fsS -H 'Expect:' -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/octet-stream' -T "$image" "$glance/v2/images/$id/file"
+curl_s=$(since "$t")
+curl -fsS -X DELETE -H "X-Auth-Token: $gtoken" "$glance/v2/images/$id" >/dev/null
+t=$(now)
+cli upload --base jammy --app-name bench --arch x64 --num-revisions 2 --src-path "$image" >/dev/null 2>&1
+daemon_s=$(since "$t")
+awk -v c="$curl_s" -v d="$daemon_s" -v m="$size_mib" 'BEGIN {
+  printf "%-44s%6.2f s  %6.0f MiB/s\n", "curl -T straight to Glance (no hashing):", c, m/c
+  printf "%-44s%6.2f s  %6.0f MiB/s\n", "daemon (md5+sha512 in one read, verify):", d, m/d }'
+echo "== daemon memory"
+grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'

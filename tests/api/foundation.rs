@@ -1,0 +1,264 @@
+//! The API's basics: health, status, auth, body rules, start-up rules, shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_answers_without_a_token_and_everything_else_wants_one() {
+    let d = spawn_daemon(&Bed::get().clouds_document(), |_| {}).await;
+    let health = d.send(d.http.get(format!("{}/v1/health", d.base))).await;
+    assert_eq!(
+        (health.status, health.body.clone()),
+        (200, json!({"status": "ok"}))
+    );
+
+    let no_token = d.send(d.http.get(format!("{}/v1/status", d.base))).await;
+    assert_eq!((no_token.status, no_token.code()), (401, "unauthorized"));
+    let wrong = d
+        .send(
+            d.http
+                .get(format!("{}/v1/status", d.base))
+                .bearer_auth("not-the-token"),
+        )
+        .await;
+    assert_eq!((wrong.status, wrong.code()), (401, "unauthorized"));
+    let latest = d
+        .send(d.http.get(format!(
+            "{}/v1/images/latest?base=jammy&app_name=a&arch=x64",
+            d.base
+        )))
+        .await;
+    assert_eq!(latest.status, 401);
+}
+
+#[tokio::test]
+async fn state_dir_and_token_file_are_created_private() {
+    let d = spawn_daemon(&Bed::get().clouds_document(), |_| {}).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.config.state_dir), 0o700);
+    assert_eq!(mode(&d.config.api_token_file), 0o600);
+    assert!(d.token.len() >= 32);
+}
+
+#[tokio::test]
+async fn password_and_application_credential_clouds_authenticate() {
+    let bed = Bed::get();
+    let d = spawn_daemon(&bed.clouds_document(), |_| {}).await;
+    for cloud in ["charm", "charm-appcred"] {
+        let s = d.wait_authenticated(cloud, Duration::from_secs(30)).await;
+        assert_eq!(s["last_error"], serde_json::Value::Null);
+        assert_eq!(s["image_endpoint"], format!("{}/", bed.glance_url), "{s}");
+        let expires: chrono::DateTime<chrono::Utc> =
+            s["token_expires_at"].as_str().unwrap().parse().unwrap();
+        assert!(expires > chrono::Utc::now());
+    }
+    let status = d.status().await;
+    let names: Vec<&str> = status["clouds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["charm", "charm-appcred", "admin"],
+        "exactly the configured clouds"
+    );
+    assert_eq!(status["uploads_in_flight"], 0);
+    // No secret of the clouds.yaml and no token in the status answer.
+    let text = status.to_string();
+    for secret in ["osih-charm-secret", "osih-admin-secret"] {
+        assert!(!text.contains(secret));
+    }
+    let appcred_secret = bed.cloud_entry("charm-appcred")["auth"]["application_credential_secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!text.contains(&appcred_secret));
+}
+
+#[tokio::test]
+async fn a_wrong_password_names_the_cloud_and_never_the_secret() {
+    let mut entry = Bed::get().cloud_entry("charm");
+    entry["auth"]["password"] = "wrong-horse-battery".into();
+    let d = spawn_daemon(&clouds_document(&[("bad-cloud", entry)]), |_| {}).await;
+    // The session reports the failure in status...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s = d.cloud_status("bad-cloud").await;
+        if !s["last_error"].is_null() {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["authenticated"], false);
+    let error = status["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("bad-cloud") && error.contains("401"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-horse-battery"));
+    // ...and a request on it gets the contract's code with the same cause.
+    let a = d.latest("runner", None).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (422, "openstack_unauthorized"),
+        "{:?}",
+        a.body
+    );
+    assert!(a.message().contains("bad-cloud"));
+    assert!(!a.body.to_string().contains("wrong-horse-battery"));
+}
+
+#[tokio::test]
+async fn body_rules_give_the_contracts_codes() {
+    let d = spawn_daemon(&Bed::get().clouds_document(), |_| {}).await;
+    let post = |body: String| {
+        d.authed(reqwest::Method::POST, "/v1/images")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let big = format!("{{\"base\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
+    let a = d.send(post(big)).await;
+    assert_eq!((a.status, a.code()), (413, "request_too_large"));
+    let a = d.send(post("{not json".into())).await;
+    assert_eq!((a.status, a.code()), (400, "invalid_request"));
+    let a = d
+        .send(post(
+            json!({"base": "jammy", "app_name": "a", "arch": "x64", "num_revisions": "two", "src_path": "/x"})
+                .to_string(),
+        ))
+        .await;
+    assert_eq!((a.status, a.code()), (400, "invalid_request"));
+    assert!(a.message().contains("num_revisions"), "{}", a.message());
+    let a = d
+        .send(post(
+            json!({"base": "jammy", "app_name": "a", "arch": "x64", "num_revisions": 2, "src_path": "/x", "colour": "red"})
+                .to_string(),
+        ))
+        .await;
+    assert_eq!((a.status, a.code()), (400, "invalid_request"));
+    assert!(a.message().contains("colour"), "{}", a.message());
+    let a = d
+        .send(
+            d.authed(reqwest::Method::PUT, "/v1/clouds")
+                .body("x".repeat(2 * 1024 * 1024)),
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (413, "request_too_large"));
+}
+
+fn binary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"))
+}
+
+#[test]
+fn a_token_file_readable_by_others_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("api-token");
+    std::fs::write(&token, "sometoken\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nstate_dir: {d}/state\napi_token_file: {t}\nclouds_yaml: {d}/none.yaml\nupload_dirs: [{d}/images]\n",
+            d = dir.path().display(),
+            t = token.display()
+        ),
+    )
+    .unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api-token") && stderr.contains("600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sometoken"));
+}
+
+#[test]
+fn a_non_loopback_listen_must_be_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 0.0.0.0:0\nstate_dir: {}/state\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allow_non_loopback"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_config_key_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "listne: 127.0.0.1:8427\n").unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"));
+}
+
+#[test]
+fn sigterm_stops_the_daemon_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstate_dir: {d}/state\napi_token_file: {d}/state/api-token\nclouds_yaml: {d}/none.yaml\nupload_dirs: [{d}/images]\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "daemon did not listen");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_shipped_config_is_every_default() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/config.yaml");
+    let shipped = openstack_image_helper::config::Config::load(&path).unwrap();
+    assert_eq!(shipped, openstack_image_helper::config::Config::default());
+}

@@ -1,0 +1,573 @@
+//! Test harness: the real Keystone + Glance test bed, and daemons spawned in-process
+//! on port 0 and driven over HTTP, as a charm hook would.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use openstack_image_helper::clouds::{CloudConfig, CloudsFile};
+use openstack_image_helper::config::{Config, Listen};
+use openstack_image_helper::daemon::{run, Listener};
+use openstack_image_helper::openstack::session::Session;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// The running test bed (`tests/openstack/up.sh`).
+pub struct Bed {
+    pub clouds_yaml: PathBuf,
+    pub token_lifetime: Duration,
+    pub keystone_url: String,
+    pub glance_url: String,
+    pub glance_capped_url: Option<String>,
+}
+
+impl Bed {
+    pub fn get() -> &'static Bed {
+        static BED: OnceLock<Bed> = OnceLock::new();
+        BED.get_or_init(|| {
+            let dir = std::env::var_os("OSIH_BED_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/openstack-bed"));
+            let settings = std::fs::read_to_string(dir.join("settings")).unwrap_or_else(|_| {
+                panic!(
+                    "no OpenStack test bed at {}: start it with tests/openstack/up.sh (`make test` does)",
+                    dir.display()
+                )
+            });
+            let setting = |key: &str| {
+                settings
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                    .map(str::to_string)
+                    .unwrap_or_default()
+            };
+            let lifetime: u64 = setting("token_lifetime").parse().unwrap_or(3600);
+            let capped = setting("glance_capped_port");
+            Bed {
+                clouds_yaml: dir.join("clouds.yaml"),
+                token_lifetime: Duration::from_secs(lifetime),
+                keystone_url: format!("http://127.0.0.1:{}/v3", setting("keystone_port")),
+                glance_url: format!("http://127.0.0.1:{}", setting("glance_port")),
+                glance_capped_url: (!capped.is_empty()).then(|| format!("http://127.0.0.1:{capped}")),
+            }
+        })
+    }
+
+    pub fn clouds_document(&self) -> String {
+        std::fs::read_to_string(&self.clouds_yaml).expect("the bed's clouds.yaml")
+    }
+
+    /// One cloud of the bed's clouds.yaml as a YAML mapping, to build documents from.
+    pub fn cloud_entry(&self, name: &str) -> serde_yaml::Value {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&self.clouds_document()).unwrap();
+        doc["clouds"][name].clone()
+    }
+
+    pub fn cloud(&self, name: &str) -> CloudConfig {
+        CloudsFile::load(Some(&self.clouds_yaml))
+            .unwrap()
+            .get(name)
+            .unwrap()
+            .clone()
+    }
+
+    /// A session of the bed's own, outside any daemon, to set up and check Glance.
+    pub fn session(&self, name: &str) -> std::sync::Arc<Session> {
+        Session::new(self.cloud(name), Duration::from_secs(600)).unwrap()
+    }
+}
+
+/// A clouds.yaml document from `(name, entry)` pairs.
+pub fn clouds_document(entries: &[(&str, serde_yaml::Value)]) -> String {
+    let mut clouds = serde_yaml::Mapping::new();
+    for (name, entry) in entries {
+        clouds.insert(serde_yaml::Value::from(*name), entry.clone());
+    }
+    let mut doc = serde_yaml::Mapping::new();
+    doc.insert("clouds".into(), serde_yaml::Value::Mapping(clouds));
+    serde_yaml::to_string(&serde_yaml::Value::Mapping(doc)).unwrap()
+}
+
+/// A daemon running in this test process, on its own port, state dir and upload dir.
+pub struct TestDaemon {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub upload_dir: PathBuf,
+    pub config: Config,
+    pub config_path: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Starts a daemon with `clouds` as its clouds.yaml and the config adjusted by `tweak`.
+pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let clouds_path = root.join("clouds.yaml");
+    std::fs::write(&clouds_path, clouds).unwrap();
+    let upload_dir = root.join("images");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config {
+        listen: Listen::Tcp(addr),
+        clouds_yaml: Some(clouds_path),
+        state_dir: root.join("state"),
+        api_token_file: root.join("state/api-token"),
+        upload_dirs: vec![upload_dir.clone()],
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let config_path = root.join("config.yaml");
+    std::fs::write(&config_path, config_yaml(&config)).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let cfg = config.clone();
+    let handle = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        if let Err(err) = run(cfg, Listener::Tcp(listener), shutdown).await {
+            panic!("daemon failed: {err}");
+        }
+    });
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{addr}");
+    let mut token = String::new();
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/v1/health")).send().await {
+            if r.status().is_success() {
+                token = std::fs::read_to_string(&config.api_token_file)
+                    .unwrap()
+                    .trim()
+                    .to_string();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!token.is_empty(), "the daemon did not come up");
+    TestDaemon {
+        base,
+        token,
+        http,
+        upload_dir,
+        config,
+        config_path,
+        dir,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+/// The daemon config as a YAML file, for the CLI.
+fn config_yaml(config: &Config) -> String {
+    let mut s = format!(
+        "listen: \"{}\"\nstate_dir: {}\napi_token_file: {}\nupload_dirs: [{}]\n",
+        config.listen,
+        config.state_dir.display(),
+        config.api_token_file.display(),
+        config
+            .upload_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if let Some(c) = &config.clouds_yaml {
+        s.push_str(&format!("clouds_yaml: {}\n", c.display()));
+    }
+    s
+}
+
+/// A response as a test reads it: status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+impl TestDaemon {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("the daemon answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer { status, body }
+    }
+
+    pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.authed(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        self.send(self.authed(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    pub async fn status(&self) -> Value {
+        let a = self.get("/v1/status").await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body
+    }
+
+    pub async fn cloud_status(&self, name: &str) -> Value {
+        let status = self.status().await;
+        status["clouds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no cloud {name} in {status}"))
+    }
+
+    /// Waits until the cloud's session is authenticated.
+    pub async fn wait_authenticated(&self, name: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let s = self.cloud_status(name).await;
+            if s["authenticated"] == true {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} not authenticated in time: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn latest(&self, app: &str, cloud: Option<&str>) -> Answer {
+        let mut path = format!("/v1/images/latest?base=jammy&app_name={app}&arch=x64");
+        if let Some(c) = cloud {
+            path.push_str(&format!("&cloud={c}"));
+        }
+        self.get(&path).await
+    }
+
+    pub async fn upload(&self, app: &str, file: &Path, num_revisions: u32, extra: Value) -> Answer {
+        let mut body = serde_json::json!({
+            "base": "jammy", "app_name": app, "arch": "x64",
+            "num_revisions": num_revisions, "src_path": file,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.post_json("/v1/images", &body).await
+    }
+}
+
+/// An application name no other test uses (letters only, so it is a valid Juju name).
+pub fn unique_app(prefix: &str) -> String {
+    let suffix: String = (0..8)
+        .map(|_| (b'a' + rand::random::<u8>() % 26) as char)
+        .collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// A raw image of `size` random bytes.
+pub fn write_raw_image(dir: &Path, name: &str, size: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    let mut data = vec![0u8; size];
+    rand::fill(&mut data[..]);
+    // Not by accident a qcow2 (or another format Glance's inspector knows).
+    data[..4].copy_from_slice(b"RAW!");
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+/// A real qcow2 image (qemu-img) holding `size` random bytes.
+pub fn write_qcow2_image(dir: &Path, name: &str, size: usize) -> PathBuf {
+    let raw = write_raw_image(dir, &format!("{name}.raw"), size);
+    let path = dir.join(name);
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&path)
+        .output()
+        .expect("qemu-img (Debian package qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(raw).unwrap();
+    path
+}
+
+pub fn md5_hex(path: &Path) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(std::fs::read(path).unwrap()))
+}
+
+pub fn sha512_hex(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap();
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &data).as_ref())
+}
+
+/// Raw Glance and Keystone calls for set-up and checks, outside the daemon.
+pub struct Direct {
+    pub session: std::sync::Arc<Session>,
+    pub http: reqwest::Client,
+}
+
+impl Direct {
+    pub fn charm() -> Direct {
+        Direct {
+            session: Bed::get().session("charm"),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    pub async fn token(&self) -> String {
+        self.session
+            .authenticated()
+            .await
+            .unwrap()
+            .token
+            .value
+            .expose()
+            .to_string()
+    }
+
+    pub async fn image(&self, id: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v2/images/{id}", Bed::get().glance_url))
+            .header("X-Auth-Token", self.token().await)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success(), "GET image {id}: {}", r.status());
+        Some(r.json().await.unwrap())
+    }
+
+    /// Every image of that name in the project, any status.
+    pub async fn images_named(&self, name: &str) -> Vec<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v2/images", Bed::get().glance_url))
+            .query(&[("name", name), ("limit", "100")])
+            .header("X-Auth-Token", self.token().await)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        body["images"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Creates an image and leaves it `queued`, as an upload under way elsewhere would.
+    pub async fn create_queued(&self, name: &str, properties: Value) -> String {
+        let mut body =
+            serde_json::json!({"name": name, "disk_format": "raw", "container_format": "bare"});
+        if let (Some(b), Some(p)) = (body.as_object_mut(), properties.as_object()) {
+            for (k, v) in p {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let r = self
+            .http
+            .post(format!("{}/v2/images", Bed::get().glance_url))
+            .header("X-Auth-Token", self.token().await)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn set_protected(&self, id: &str, protected: bool) {
+        let r = self
+            .http
+            .patch(format!("{}/v2/images/{id}", Bed::get().glance_url))
+            .header("X-Auth-Token", self.token().await)
+            .header(
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            )
+            .body(
+                serde_json::json!([{"op": "replace", "path": "/protected", "value": protected}])
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "protect {id}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    pub async fn delete(&self, id: &str) {
+        let _ = self
+            .http
+            .delete(format!("{}/v2/images/{id}", Bed::get().glance_url))
+            .header("X-Auth-Token", self.token().await)
+            .send()
+            .await;
+    }
+}
+
+/// A TCP forwarder on `port` to `target`, standing in front of the real Keystone
+/// so a test can make "Keystone" unreachable and reachable again without
+/// disturbing the other tests that share the bed.
+pub async fn start_forwarder(
+    port: u16,
+    target: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Keystone admin calls for tests that need users and role assignments.
+pub struct KeystoneAdmin {
+    pub session: std::sync::Arc<Session>,
+    pub http: reqwest::Client,
+}
+
+impl KeystoneAdmin {
+    pub fn new() -> KeystoneAdmin {
+        KeystoneAdmin {
+            session: Bed::get().session("admin"),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let token = self
+            .session
+            .authenticated()
+            .await
+            .unwrap()
+            .token
+            .value
+            .expose()
+            .to_string();
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", Bed::get().keystone_url))
+            .header("X-Auth-Token", token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub async fn id_of(&self, collection: &str, name: &str) -> String {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/{collection}?name={name}"),
+                None,
+            )
+            .await;
+        v[collection][0]["id"].as_str().unwrap().to_string()
+    }
+
+    /// A new user with the member role on charm-project; returns (user id, clouds.yaml entry).
+    pub async fn create_member(&self, name: &str, password: &str) -> (String, serde_yaml::Value) {
+        let project = self.id_of("projects", "charm-project").await;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/users",
+                Some(serde_json::json!({"user": {"name": name, "password": password, "domain_id": "default"}})),
+            )
+            .await;
+        let user = v["user"]["id"].as_str().unwrap().to_string();
+        self.grant_member(&user).await;
+        let mut entry = Bed::get().cloud_entry("charm");
+        entry["auth"]["username"] = name.into();
+        entry["auth"]["password"] = password.into();
+        let _ = project;
+        (user, entry)
+    }
+
+    pub async fn grant_member(&self, user: &str) {
+        let project = self.id_of("projects", "charm-project").await;
+        let role = self.id_of("roles", "member").await;
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/projects/{project}/users/{user}/roles/{role}"),
+            None,
+        )
+        .await;
+    }
+
+    /// Disabling a user revokes every token Keystone issued to it.
+    pub async fn set_enabled(&self, user: &str, enabled: bool) {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/users/{user}"),
+            Some(serde_json::json!({"user": {"enabled": enabled}})),
+        )
+        .await;
+    }
+
+    pub async fn delete_user(&self, user: &str) {
+        self.call(reqwest::Method::DELETE, &format!("/users/{user}"), None)
+            .await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Keystone sessions against the real Keystone: one token per lifetime, revoked
+//! tokens replaced, and recovery from a Keystone that was down at start.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+/// Over three token lifetimes, a busy daemon asks Keystone for one token per
+/// lifetime (a refresh at 90 % of it), and Glance never sees an expired token.
+#[tokio::test]
+async fn one_token_per_lifetime_over_three_lifetimes() {
+    let bed = Bed::get();
+    let life = bed.token_lifetime;
+    assert!(
+        life <= Duration::from_secs(120),
+        "this test needs short tokens: start the bed with OSIH_TOKEN_LIFETIME=60 (make test does); it has {life:?}"
+    );
+    let d = spawn_daemon(
+        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
+        |_| {},
+    )
+    .await;
+    d.wait_authenticated("charm", Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let span = life * 3 + Duration::from_secs(5);
+    let mut calls = 0;
+    while started.elapsed() < span {
+        let a = d.latest("lifetime-probe", None).await;
+        assert_eq!(
+            a.status,
+            200,
+            "a query failed at {:?}: {:?}",
+            started.elapsed(),
+            a.body
+        );
+        calls += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let s = d.cloud_status("charm").await;
+    let requests = s["token_requests"].as_u64().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    // Refreshes at 0.9 lifetime: 1 + floor(elapsed / (0.9 life)) requests.
+    let expected = 1 + (elapsed / (life.as_secs_f64() * 0.9)).floor() as u64;
+    eprintln!("token requests over {elapsed:.0} s with {life:?} tokens and {calls} queries: {requests} (expected {expected})");
+    assert!(
+        requests == expected || requests == expected + 1 || requests + 1 == expected,
+        "{requests} token requests, expected about {expected}"
+    );
+    assert!(requests <= 1 + (elapsed / life.as_secs_f64()).ceil() as u64);
+    assert_eq!(
+        s["unauthorized_responses"], 0,
+        "Glance saw an expired token: {s}"
+    );
+}
+
+/// An admin revokes the daemon's token (by disabling its user, which revokes
+/// every token of that user, then enabling it again): the next call gets
+/// Glance's 401, re-authenticates once, and succeeds.
+#[tokio::test]
+async fn a_revoked_token_is_replaced_on_the_next_call() {
+    let admin = KeystoneAdmin::new();
+    let name = unique_app("revoke");
+    let (user, entry) = admin.create_member(&name, "revoke-test-password").await;
+    let d = spawn_daemon(&clouds_document(&[("revoked", entry)]), |_| {}).await;
+    d.wait_authenticated("revoked", Duration::from_secs(30))
+        .await;
+    assert_eq!(d.latest("revoke-probe", None).await.status, 200);
+    let before = d.cloud_status("revoked").await;
+    assert_eq!(before["token_requests"], 1);
+
+    admin.set_enabled(&user, false).await;
+    admin.set_enabled(&user, true).await;
+    // Keystone's revocation has a one-second granularity; a token issued in the
+    // same second as the grant could still count as revoked.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let a = d.latest("revoke-probe", None).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let after = d.cloud_status("revoked").await;
+    assert_eq!(after["unauthorized_responses"], 1, "{after}");
+    assert_eq!(after["token_requests"], 2, "{after}");
+    assert_eq!(d.latest("revoke-probe", None).await.status, 200);
+    admin.delete_user(&user).await;
+}
+
+/// Keystone unreachable when the daemon starts: it starts anyway, says why in
+/// status, answers `503 not_ready`, and authenticates by itself once Keystone
+/// is back, without a restart.
+#[tokio::test]
+async fn keystone_down_at_start_recovers_without_a_restart() {
+    let bed = Bed::get();
+    let port = free_port();
+    let mut entry = bed.cloud_entry("charm");
+    entry["auth"]["auth_url"] = format!("http://127.0.0.1:{port}/v3").into();
+    let d = spawn_daemon(&clouds_document(&[("flaky", entry)]), |_| {}).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = d.cloud_status("flaky").await;
+        if !s["last_error"].is_null() {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["authenticated"], false);
+    assert!(
+        s["last_error"].as_str().unwrap().contains("Keystone"),
+        "{s}"
+    );
+    let a = d.latest("runner", None).await;
+    assert_eq!((a.status, a.code()), (503, "not_ready"), "{:?}", a.body);
+
+    let keystone: std::net::SocketAddr = bed
+        .keystone_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v3")
+        .parse()
+        .unwrap();
+    let forwarder = start_forwarder(port, keystone).await;
+    let s = d.wait_authenticated("flaky", Duration::from_secs(45)).await;
+    assert!(s["last_error"].is_null());
+    assert_eq!(d.latest("runner", None).await.status, 200);
+    forwarder.abort();
+}

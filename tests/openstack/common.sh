@@ -1,0 +1,68 @@
+# shellcheck shell=bash
+# Shared settings and helpers for up.sh / down.sh. Sourced, not executed.
+
+OSIH_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OSIH_REPO=$(git -C "$OSIH_HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$OSIH_HERE/../.." && pwd))
+
+BED=${OSIH_BED_DIR:-$OSIH_REPO/target/openstack-bed}
+mkdir -p "$BED" && BED=$(cd "$BED" && pwd)
+VENV=${OSIH_BED_VENV:-$HOME/.cache/openstack-image-helper/venv}
+KEYSTONE_PORT=${OSIH_KEYSTONE_PORT:-35357}
+GLANCE_PORT=${OSIH_GLANCE_PORT:-9292}
+# A second Glance API on the same database and store, with a small image_size_cap,
+# so that a test can hit "image too large" without capping everybody's Glance.
+GLANCE_CAPPED_PORT=${OSIH_GLANCE_CAPPED_PORT:-9293}
+GLANCE_CAPPED_SIZE=${OSIH_GLANCE_CAPPED_SIZE:-16777216}
+TOKEN_LIFETIME=${OSIH_TOKEN_LIFETIME:-3600}
+IMAGE_SIZE_CAP=${OSIH_GLANCE_IMAGE_SIZE_CAP:-}
+HOST=127.0.0.1
+KEYSTONE_URL=http://$HOST:$KEYSTONE_PORT/v3
+GLANCE_URL=http://$HOST:$GLANCE_PORT
+
+# Serialise up.sh/down.sh runs on one bed (tests may call up.sh in parallel).
+lock_bed() {
+  exec 9>"$BED/.lock"
+  flock -w 600 9 || die "timed out waiting for the lock $BED/.lock"
+}
+
+log() { printf 'openstack-bed: %s\n' "$*" >&2; }
+die() { printf 'openstack-bed: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# port_open PORT -> 0 if something accepts connections on 127.0.0.1:PORT
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# svc_pid SVC -> prints the pid from the pid file if that process is alive
+svc_pid() {
+  local f="$BED/$1/$1.pid" pid
+  [[ -s $f ]] || return 1
+  pid=$(tr -dc '0-9' <"$f")
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # Guard against pid reuse: the process must be our uWSGI for this service.
+  grep -qa -- "$BED/$1/uwsgi.ini" "/proc/$pid/cmdline" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+svc_port() {
+  case $1 in
+    keystone) echo "$KEYSTONE_PORT" ;;
+    glance-capped) echo "$GLANCE_CAPPED_PORT" ;;
+    *) echo "$GLANCE_PORT" ;;
+  esac
+}
+
+# stop_svc SVC: stop the process recorded in the pid file, wait for the port.
+stop_svc() {
+  local svc=$1 pid port i
+  port=$(cat "$BED/$svc/port" 2>/dev/null || svc_port "$svc")
+  if pid=$(svc_pid "$svc"); then
+    kill -INT "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$BED/$svc/$svc.pid" "$BED/$svc/running.fp"
+  for ((i = 0; i < 100; i++)); do port_open "$port" || return 0; sleep 0.1; done
+  die "$svc stopped but port $port is still in use"
+}

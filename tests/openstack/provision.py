@@ -1,0 +1,179 @@
+"""Idempotently create the Keystone resources the test bed needs.
+
+Run by up.sh with the bed venv's python. Reads settings from the environment,
+writes the application credential of `charm` to $BED/appcred.json.
+"""
+
+import json
+import os
+import sys
+import time
+
+import requests
+
+BED = os.environ["BED"]
+KS = os.environ["KEYSTONE_URL"].rstrip("/")
+GLANCE_URL = os.environ["GLANCE_URL"]
+REGION = "RegionOne"
+ADMIN_PW = os.environ["ADMIN_PASSWORD"]
+GLANCE_PW = os.environ["GLANCE_PASSWORD"]
+CHARM_PW = os.environ["CHARM_PASSWORD"]
+APPCRED_FILE = os.path.join(BED, "appcred.json")
+
+S = requests.Session()
+
+
+def fail(msg, r=None):
+    if r is not None:
+        msg += f": HTTP {r.status_code} {r.text[:500]}"
+    sys.exit(f"provision: {msg}")
+
+
+def password_token(user, pw, project):
+    body = {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {"user": {"name": user, "domain": {"id": "default"}, "password": pw}},
+            },
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}},
+        }
+    }
+    r = S.post(f"{KS}/auth/tokens", json=body)
+    if r.status_code != 201:
+        fail(f"cannot get a token for {user}", r)
+    return r.headers["X-Subject-Token"], r.json()["token"]
+
+
+ADMIN_TOKEN, _ = password_token("admin", ADMIN_PW, "admin")
+H = {"X-Auth-Token": ADMIN_TOKEN}
+
+
+def get(path, key, **params):
+    r = S.get(f"{KS}{path}", headers=H, params=params)
+    if r.status_code != 200:
+        fail(f"GET {path}", r)
+    return r.json()[key]
+
+
+def create(path, key, obj):
+    r = S.post(f"{KS}{path}", headers=H, json={key: obj})
+    if r.status_code != 201:
+        fail(f"POST {path}", r)
+    return r.json()[key]
+
+
+def ensure(path, key, name, obj, **filters):
+    found = get(path, key + "s", name=name, **filters)
+    if found:
+        return found[0]
+    return create(path, key, dict(obj, name=name))
+
+
+def role_id(name):
+    found = get("/roles", "roles", name=name)
+    return found[0]["id"] if found else None
+
+
+def grant(project_id, user_id, role):
+    rid = role_id(role)
+    if rid is None:
+        rid = create("/roles", "role", {"name": role})["id"]
+    r = S.put(f"{KS}/projects/{project_id}/users/{user_id}/roles/{rid}", headers=H)
+    if r.status_code not in (200, 204):
+        fail(f"grant {role}", r)
+
+
+def password_works(user, pw, project):
+    body = {"auth": {"identity": {"methods": ["password"], "password": {
+        "user": {"name": user, "domain": {"id": "default"}, "password": pw}}}}}
+    return S.post(f"{KS}/auth/tokens", json=body).status_code == 201
+
+
+def ensure_user(name, pw, project_id):
+    found = get("/users", "users", name=name, domain_id="default")
+    if not found:
+        return create("/users", "user", {"name": name, "domain_id": "default", "password": pw,
+                                         "default_project_id": project_id})
+    user = found[0]
+    if not password_works(name, pw, project_id):
+        # Keep the password in sync with the bed's secrets. This revokes the
+        # user's tokens (second granularity), so wait out the current second.
+        r = S.patch(f"{KS}/users/{user['id']}", headers=H, json={"user": {"password": pw}})
+        if r.status_code != 200:
+            fail(f"set password of {name}", r)
+        time.sleep(1.1)
+    return user
+
+
+service_project = ensure("/projects", "project", "service", {"domain_id": "default"},
+                         domain_id="default")
+charm_project = ensure("/projects", "project", "charm-project", {"domain_id": "default"},
+                       domain_id="default")
+
+glance_user = ensure_user("glance", GLANCE_PW, service_project["id"])
+grant(service_project["id"], glance_user["id"], "admin")
+grant(service_project["id"], glance_user["id"], "service")
+
+charm_user = ensure_user("charm", CHARM_PW, charm_project["id"])
+grant(charm_project["id"], charm_user["id"], "member")
+
+# Image service + endpoints.
+svc = next((s for s in get("/services", "services", type="image") if s["name"] == "glance"), None)
+if svc is None:
+    svc = create("/services", "service", {"name": "glance", "type": "image", "enabled": True})
+endpoints = get("/endpoints", "endpoints", service_id=svc["id"])
+for iface in ("public", "internal", "admin"):
+    mine = [e for e in endpoints if e["interface"] == iface]
+    if mine and mine[0]["url"] == GLANCE_URL and mine[0]["region_id"] == REGION and len(mine) == 1:
+        continue
+    for e in mine:
+        S.delete(f"{KS}/endpoints/{e['id']}", headers=H)
+    create("/endpoints", "endpoint",
+           {"service_id": svc["id"], "interface": iface, "url": GLANCE_URL, "region_id": REGION})
+
+# Application credential for charm (created as charm, as a user would).
+charm_token, tok = password_token("charm", CHARM_PW, "charm-project")
+CH = {"X-Auth-Token": charm_token}
+
+
+def appcred_works(cred):
+    body = {"auth": {"identity": {"methods": ["application_credential"],
+                                  "application_credential": {"id": cred["id"],
+                                                             "secret": cred["secret"]}}}}
+    return S.post(f"{KS}/auth/tokens", json=body).status_code == 201
+
+
+cred = None
+if os.path.exists(APPCRED_FILE):
+    with open(APPCRED_FILE) as f:
+        cred = json.load(f)
+    if not appcred_works(cred):
+        cred = None
+if cred is None:
+    base = f"{KS}/users/{charm_user['id']}/application_credentials"
+    r = S.get(base, headers=CH, params={"name": "osih-charm"})
+    for old in r.json().get("application_credentials", []) if r.status_code == 200 else []:
+        S.delete(f"{base}/{old['id']}", headers=CH)
+    for attempt in range(5):
+        r = S.post(base, headers=CH, json={"application_credential": {
+            "name": "osih-charm", "description": "openstack-image-helper test bed"}})
+        if r.status_code != 401:
+            break
+        # A token issued in the same second as a revocation event (role grant,
+        # password change) counts as revoked: get a new one and retry.
+        time.sleep(1.1)
+        CH = {"X-Auth-Token": password_token("charm", CHARM_PW, "charm-project")[0]}
+    if r.status_code != 201:
+        fail("create application credential", r)
+    ac = r.json()["application_credential"]
+    cred = {"id": ac["id"], "secret": ac["secret"], "name": ac["name"]}
+    tmp = APPCRED_FILE + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(cred, f)
+    os.replace(tmp, APPCRED_FILE)
+
+with open(os.path.join(BED, "ids.json"), "w") as f:
+    json.dump({"charm_user_id": charm_user["id"], "charm_project_id": charm_project["id"],
+               "service_project_id": service_project["id"], "glance_user_id": glance_user["id"],
+               "image_service_id": svc["id"]}, f, indent=1)
