@@ -69,6 +69,7 @@ impl ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", message)
             }
             OpenStackError::Api { .. }
+            | OpenStackError::Interrupted { .. }
             | OpenStackError::InvalidResponse { .. }
             | OpenStackError::NoEndpoint { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, code, message)

@@ -482,8 +482,12 @@ impl ImageService {
         let size = source.size;
         let rehash_file = source.file.try_clone().ok();
         progress.set_phase("uploading");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        // Whatever ends this function early (a stall, an error, a panic) stops the
+        // file reader too.
+        let _stop_reader = cancel.clone().drop_guard();
         let (stream, digests) =
-            source::stream_with_digests(source, algo, progress.sent_bytes.clone());
+            source::stream_with_digests(source, algo, progress.sent_bytes.clone(), cancel.clone());
         let glance = session.glance();
         let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
         let stall = self.settings.upload_stall_timeout;
@@ -497,6 +501,9 @@ impl ImageService {
         };
         // A file that changed under us explains a failed upload better than the
         // connection error it caused, so the reader's verdict comes first.
+        if result.is_err() {
+            cancel.cancel();
+        }
         let digests = match (result, digests.await) {
             (_, Ok(Err(source))) if !matches!(source, SourceError::Abandoned) => {
                 return Err(ImageError::FileChanged { source })

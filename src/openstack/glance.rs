@@ -269,7 +269,16 @@ impl Glance<'_> {
             .send()
             .await
             .map_err(|e| {
-                OpenStackError::connection(self.cloud(), Service::Glance, url.as_str(), &e)
+                if e.is_connect() {
+                    OpenStackError::connection(self.cloud(), Service::Glance, url.as_str(), &e)
+                } else {
+                    OpenStackError::Interrupted {
+                        cloud: self.cloud().to_string(),
+                        service: Service::Glance,
+                        operation: operation.clone(),
+                        cause: super::error_chain(&e),
+                    }
+                }
             })?;
         let status = response.status();
         if status.is_success() {

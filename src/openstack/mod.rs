@@ -52,6 +52,14 @@ pub enum OpenStackError {
         url: String,
         cause: String,
     },
+    /// The connection broke after the request started (cut mid-upload, say).
+    #[error("cloud '{cloud}': {service} connection broke during {operation}: {cause}")]
+    Interrupted {
+        cloud: String,
+        service: Service,
+        operation: String,
+        cause: String,
+    },
     /// The service answered with an error status.
     #[error("cloud '{cloud}': {service} answered {status} to {operation}: {message}")]
     Api {

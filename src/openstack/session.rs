@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::keystone::{self, Token};
-use super::{HttpClients, OpenStackError, Service};
+use super::{error_chain, HttpClients, OpenStackError, Service};
 use crate::clouds::CloudConfig;
 
 /// A token this close to expiry is not sent: it could expire on the way.
@@ -307,31 +307,41 @@ impl Session {
             .build()
             .map_err(|e| OpenStackError::connection(&self.cloud.name, service, "", &e))?;
         let url = request.url().to_string();
-        // A connection the server closed while it sat in the pool (uWSGI, for one,
-        // closes after every answer) fails at once; an idempotent request is
-        // safely sent again, once.
-        let retry = is_idempotent(request.method())
-            .then(|| request.try_clone())
-            .flatten();
-        match self.clients.api.execute(request).await {
-            Ok(response) => Ok(response),
-            Err(err) if !err.is_timeout() && retry.is_some() => {
-                tracing::debug!(cloud = %self.cloud.name, error = %err, "retrying once");
-                let retry = retry.ok_or_else(|| {
-                    OpenStackError::connection(&self.cloud.name, service, &url, &err)
-                })?;
-                self.clients
-                    .api
-                    .execute(retry)
-                    .await
-                    .map_err(|e| OpenStackError::connection(&self.cloud.name, service, &url, &e))
+        let idempotent = is_idempotent(request.method());
+        let mut pending = request;
+        let mut attempt = 0u32;
+        loop {
+            // Keep a copy for a second try before the request is consumed.
+            let spare = if idempotent && attempt < RETRIES {
+                pending.try_clone()
+            } else {
+                None
+            };
+            let result = self.clients.api.execute(pending).await;
+            let retry_reason = match (&result, &spare) {
+                (_, None) => None,
+                // A connection the server closed while it sat in the pool fails
+                // at once; a timeout is not retried (it already took long).
+                (Err(err), Some(_)) if !err.is_timeout() => Some(error_chain(err)),
+                // A 5xx burst (a restarting API behind a proxy) often passes.
+                (Ok(r), Some(_)) if RETRY_STATUSES.contains(&r.status().as_u16()) => {
+                    Some(format!("{} answered {}", service, r.status()))
+                }
+                _ => None,
+            };
+            match (retry_reason, spare) {
+                (Some(reason), Some(spare)) => {
+                    attempt += 1;
+                    tracing::debug!(cloud = %self.cloud.name, %url, %reason, attempt, "retrying");
+                    tokio::time::sleep(RETRY_DELAY * attempt).await;
+                    pending = spare;
+                }
+                _ => {
+                    return result.map_err(|e| {
+                        OpenStackError::connection(&self.cloud.name, service, &url, &e)
+                    })
+                }
             }
-            Err(err) => Err(OpenStackError::connection(
-                &self.cloud.name,
-                service,
-                &url,
-                &err,
-            )),
         }
     }
 
@@ -369,6 +379,13 @@ impl Session {
         }
     }
 }
+
+/// How often an idempotent call is sent again after a connection failure or a 5xx.
+const RETRIES: u32 = 2;
+/// Waits before the retries: this, then twice this.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Answers that say "try again" rather than "no".
+const RETRY_STATUSES: &[u16] = &[502, 503, 504];
 
 fn is_idempotent(method: &reqwest::Method) -> bool {
     matches!(

@@ -157,3 +157,63 @@ async fn exit_codes_say_who_failed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `listen: unix:/path`: the daemon serves on a unix socket and the CLI finds it there.
+#[tokio::test]
+async fn the_cli_reaches_a_daemon_on_a_unix_socket() {
+    use openstack_image_helper::config::{Config, Listen};
+    use openstack_image_helper::daemon::{run, Listener};
+
+    let bed = Bed::get();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::write(
+        root.join("clouds.yaml"),
+        clouds_document(&[("charm", bed.cloud_entry("charm"))]),
+    )
+    .unwrap();
+    let socket = root.join("run/helper.sock");
+    let config = Config {
+        listen: Listen::Unix(socket.clone()),
+        clouds_yaml: Some(root.join("clouds.yaml")),
+        state_dir: root.join("state"),
+        api_token_file: root.join("state/api-token"),
+        upload_dirs: vec![root.join("images")],
+        ..Config::default()
+    };
+    let config_path = root.join("config.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "listen: \"unix:{}\"\napi_token_file: {}\n",
+            socket.display(),
+            root.join("state/api-token").display()
+        ),
+    )
+    .unwrap();
+    let listener = Listener::bind(&config).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(config, listener, async move {
+        let _ = rx.await;
+    }));
+    let mut c = cli(&config_path);
+    c.args([
+        "latest",
+        "--base",
+        "noble",
+        "--app-name",
+        "unix-probe",
+        "--arch",
+        "arm64",
+    ]);
+    let out = output(c).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "\n");
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}

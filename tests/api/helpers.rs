@@ -114,6 +114,13 @@ impl Drop for TestDaemon {
 
 /// Starts a daemon with `clouds` as its clouds.yaml and the config adjusted by `tweak`.
 pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+    // Quiet unless asked: RUST_LOG=debug cargo test -- --nocapture shows the daemon's log.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let clouds_path = root.join("clouds.yaml");
