@@ -402,7 +402,7 @@ async fn upload(config: &Config, args: UploadArgs) -> i32 {
             }
         }
     };
-    bar.finish();
+    bar.finish(result.is_ok());
     match result {
         Ok(body) => {
             println!("{}", body.get("id").and_then(|v| v.as_str()).unwrap_or(""));
@@ -421,6 +421,7 @@ async fn upload(config: &Config, args: UploadArgs) -> i32 {
 /// Progress on stderr: a redrawn bar on a terminal, a line per 10 % otherwise.
 struct ProgressReport {
     terminal: bool,
+    total: u64,
     last_decile: Option<u64>,
     last_phase: String,
     drew: bool,
@@ -430,6 +431,7 @@ impl ProgressReport {
     fn new(terminal: bool) -> Self {
         ProgressReport {
             terminal,
+            total: 0,
             last_decile: None,
             last_phase: String::new(),
             drew: false,
@@ -446,6 +448,7 @@ impl ProgressReport {
             .and_then(|v| v.as_u64())
             .unwrap_or(0)
             .max(1);
+        self.total = total;
         let phase = upload
             .get("phase")
             .and_then(|v| v.as_str())
@@ -484,8 +487,16 @@ impl ProgressReport {
         }
     }
 
-    fn finish(&self) {
+    /// Ends the bar: full when the upload succeeded, left where it stopped otherwise.
+    fn finish(&self, succeeded: bool) {
         if self.terminal && self.drew {
+            if succeeded {
+                let mib = self.total as f64 / (1024.0 * 1024.0);
+                eprint!(
+                    "\r[{}] 100% {mib:.0}/{mib:.0} MiB done      ",
+                    "#".repeat(30)
+                );
+            }
             eprintln!();
         }
     }
