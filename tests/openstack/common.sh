@@ -55,11 +55,13 @@ stop_svc() {
   local svc=$1 pid port i
   port=$(cat "$BED/$svc/port" 2>/dev/null || svc_port "$svc")
   if pid=$(svc_pid "$svc"); then
-    kill -INT "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-      for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # up.sh started the service with setsid: its process group is the service
+    # and its workers, nothing else. Stop the group, not just the first process.
+    kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 -- "-$pid" 2>/dev/null; then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
     fi
   fi
   rm -f "$BED/$svc/$svc.pid" "$BED/$svc/running.fp"

@@ -180,6 +180,8 @@ module = glance.wsgi.api:application
 # make every other call wait behind an upload.
 processes = 2
 threads = 8
+# A master process, so that stopping it stops its workers.
+master = true
 enable-threads = true
 need-app = true
 die-on-term = true
