@@ -157,29 +157,36 @@ fn binary() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"))
 }
 
+/// Runs `serve` with `config` written to DIR/config.yaml, to see how it refuses to start.
+fn serve_refused(dir: &std::path::Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_token_file_readable_by_others_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("api-token");
     std::fs::write(&token, "sometoken\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let (code, stderr) = serve_refused(
+        dir.path(),
+        &format!(
             "listen: 127.0.0.1:0\nstate_dir: {d}/state\napi_token_file: {t}\nclouds_yaml: {d}/none.yaml\nupload_dirs: [{d}/images]\n",
             d = dir.path().display(),
             t = token.display()
         ),
-    )
-    .unwrap();
-    let out = binary()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("api-token") && stderr.contains("600"),
         "{stderr}"
@@ -190,37 +197,23 @@ fn a_token_file_readable_by_others_stops_the_start() {
 #[test]
 fn a_non_loopback_listen_must_be_asked_for() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let (code, stderr) = serve_refused(
+        dir.path(),
+        &format!(
             "listen: 0.0.0.0:0\nstate_dir: {}/state\n",
             dir.path().display()
         ),
-    )
-    .unwrap();
-    let out = binary()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(stderr.contains("allow_non_loopback"), "{stderr}");
 }
 
 #[test]
 fn an_unknown_config_key_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, "listne: 127.0.0.1:8427\n").unwrap();
-    let out = binary()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"));
+    let (code, stderr) = serve_refused(dir.path(), "listne: 127.0.0.1:8427\n");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("listne"), "{stderr}");
 }
 
 #[test]
