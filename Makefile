@@ -6,12 +6,16 @@ SHELL := /bin/bash
 # Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
 TEST_TOKEN_LIFETIME ?= 60
 
-.PHONY: demo test unit bed bed-down bench build fmt lint
+.PHONY: demo test unit bed bed-down bench build fmt lint deps
+
+# Debian packages the demo and the tests use (qcow2 images are made with qemu-img).
+deps:
+	@command -v qemu-img >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils; }
 
 build:
 	cargo build --release
 
-demo: build
+demo: deps build
 	tests/openstack/up.sh
 	tests/demo.sh
 
@@ -21,7 +25,7 @@ bed:
 bed-down:
 	tests/openstack/down.sh
 
-test: bed
+test: deps bed
 	cargo test --all-targets
 
 unit:

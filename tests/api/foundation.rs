@@ -255,3 +255,81 @@ fn the_shipped_config_is_every_default() {
     let shipped = openstack_image_helper::config::Config::load(&path).unwrap();
     assert_eq!(shipped, openstack_image_helper::config::Config::default());
 }
+
+/// The daemon's own log, at debug level, while a cloud's credentials are refused
+/// and another cloud authenticates and serves a query: it names the cloud and the
+/// cause, and holds no password, secret or token.
+#[tokio::test]
+async fn no_secret_reaches_the_log() {
+    let bed = Bed::get();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut bad = bed.cloud_entry("charm");
+    bad["auth"]["password"] = "pw-that-must-not-leak".into();
+    std::fs::write(
+        root.join("clouds.yaml"),
+        clouds_document(&[("good", bed.cloud_entry("charm")), ("bad-creds", bad)]),
+    )
+    .unwrap();
+    let port = free_port();
+    let config = root.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstate_dir: {d}/state\napi_token_file: {d}/state/api-token\nclouds_yaml: {d}/clouds.yaml\nupload_dirs: [{d}/images]\ndefault_cloud: good\n",
+            d = root.display()
+        ),
+    )
+    .unwrap();
+    let child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut answered = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(token) = std::fs::read_to_string(root.join("state/api-token")) else {
+            continue;
+        };
+        let Ok(r) = http
+            .get(format!(
+                "{base}/v1/images/latest?base=jammy&app_name=leak-probe&arch=x64"
+            ))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+        else {
+            continue;
+        };
+        assert_eq!(r.status(), 200);
+        answered = true;
+        break;
+    }
+    assert!(answered, "the daemon did not answer");
+    // Let the bad cloud's failure reach the log.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api_token = std::fs::read_to_string(root.join("state/api-token")).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("bad-creds") && log.contains("401"), "{log}");
+    assert!(
+        log.contains("authenticated") && log.contains("good"),
+        "{log}"
+    );
+    for secret in [
+        "pw-that-must-not-leak",
+        "osih-charm-secret",
+        api_token.trim(),
+        "gAAAAA",
+    ] {
+        assert!(!log.contains(secret), "the log holds a secret ({secret})");
+    }
+}

@@ -491,6 +491,16 @@ async fn every_request_error_code_comes_from_a_real_trigger() {
         400,
         "file_not_found",
     );
+    // A FIFO would block a plain open(): it must be refused, not waited on.
+    let fifo = d.upload_dir.join("fifo.img");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let a = check(
+        d.upload("runner", &fifo, 1, json!({})).await,
+        400,
+        "file_not_found",
+    );
+    assert!(a.message().contains("FIFO"), "{}", a.message());
     check(
         d.upload("runner", std::path::Path::new("/etc/passwd"), 1, json!({}))
             .await,
