@@ -9,29 +9,16 @@
 #   3. the daemon's peak memory (VmHWM) over the upload.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bed=${OSIH_BED_DIR:-$repo/target/openstack-bed}
+# shellcheck source=../tests/daemon.sh
+source "$repo/tests/daemon.sh"
+bed=$osih_bed
 work=$repo/target/bench
-bin=$repo/target/release/openstack-image-helper
 venv=$(sed -n 's/^export OSIH_BED_VENV=//p' "$bed/env")
 runs=${BENCH_RUNS:-10}
 size_mib=${BENCH_IMAGE_MIB:-1024}
 port=${BENCH_PORT:-18428}
-[[ -x $bin ]] || cargo build --release --manifest-path "$repo/Cargo.toml"
-mkdir -p "$work/images"
-
-cat >"$work/config.yaml" <<YAML
-listen: 127.0.0.1:$port
-clouds_yaml: $bed/clouds.yaml
-default_cloud: charm
-state_dir: $work/state
-api_token_file: $work/state/api-token
-upload_dirs: [$work/images]
-YAML
-"$bin" serve --config "$work/config.yaml" >"$work/daemon.log" 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
-cli() { "$bin" --config "$work/config.yaml" "$@"; }
-for _ in $(seq 100); do cli status 2>/dev/null | grep -q '^charm: authenticated' && break; sleep 0.2; done
+start_daemon "$work" "$port"
+daemon=$osih_daemon
 token=$(cat "$work/state/api-token")
 
 # Something to find: a few images in the project, one of them ours.

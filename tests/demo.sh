@@ -4,23 +4,12 @@
 # upload of a new revision, and a "latest" query, with the CLI and with curl.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bed=${OSIH_BED_DIR:-$repo/target/openstack-bed}
+# shellcheck source=daemon.sh
+source "$repo/tests/daemon.sh"
 demo=$repo/target/demo
-bin=$repo/target/release/openstack-image-helper
 port=${OSIH_DEMO_PORT:-18427}
 size_mib=${OSIH_DEMO_IMAGE_MIB:-256}
-[[ -x $bin ]] || cargo build --release --manifest-path "$repo/Cargo.toml"
-[[ -s $bed/clouds.yaml ]] || { echo "no test bed: run tests/openstack/up.sh" >&2; exit 1; }
-
 mkdir -p "$demo/images"
-cat >"$demo/config.yaml" <<YAML
-listen: 127.0.0.1:$port
-clouds_yaml: $bed/clouds.yaml
-default_cloud: charm
-state_dir: $demo/state
-api_token_file: $demo/state/api-token
-upload_dirs: [$demo/images]
-YAML
 
 image=$demo/images/runner-jammy.qcow2
 if [[ ! -s $image ]]; then
@@ -31,12 +20,7 @@ if [[ ! -s $image ]]; then
 fi
 
 echo "== starting the daemon (log: $demo/daemon.log)"
-"$bin" serve --config "$demo/config.yaml" >"$demo/daemon.log" 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v1/health" >/dev/null 2>&1 && break; sleep 0.1; done
-cli() { "$bin" --config "$demo/config.yaml" "$@"; }
-for _ in $(seq 100); do cli status | grep -q '^charm: authenticated' && break; sleep 0.2; done
+start_daemon "$demo" "$port"
 
 echo "== status"
 cli status
