@@ -661,3 +661,32 @@ async fn put_clouds_switches_only_when_every_cloud_authenticates() {
     assert_eq!(names, [json!("appcred"), json!("charm")]);
     assert_eq!(d.latest("runner", Some("appcred")).await.status, 200);
 }
+
+/// The charm's install flow: the daemon starts before any credentials exist, says
+/// so, and takes its first clouds.yaml over the API.
+#[tokio::test]
+async fn a_daemon_without_clouds_starts_and_takes_its_first_clouds_yaml() {
+    let bed = Bed::get();
+    let d = spawn_daemon("unused", |c| {
+        c.clouds_yaml = Some(c.state_dir.with_file_name("later/clouds.yaml"));
+    })
+    .await;
+    let target = d.config.clouds_yaml.clone().unwrap();
+    assert!(!target.exists());
+    assert_eq!(d.status().await["clouds"], json!([]));
+    let a = d.latest("runner", None).await;
+    assert_eq!((a.status, a.code()), (503, "not_ready"), "{:?}", a.body);
+    assert!(a.message().contains("PUT"), "{}", a.message());
+
+    let doc = clouds_document(&[("charm", bed.cloud_entry("charm"))]);
+    let a = d
+        .send(
+            d.authed(reqwest::Method::PUT, "/v1/clouds")
+                .header("content-type", "application/yaml")
+                .body(doc.clone()),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), doc);
+    assert_eq!(d.latest("runner", None).await.status, 200);
+}
