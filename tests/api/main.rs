@@ -7,4 +7,5 @@ mod faults;
 mod foundation;
 mod helpers;
 mod images;
+mod tls;
 mod tokens;
