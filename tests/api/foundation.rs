@@ -333,3 +333,32 @@ async fn no_secret_reaches_the_log() {
         assert!(!log.contains(secret), "the log holds a secret ({secret})");
     }
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = serve_refused(
+        dir.path(),
+        &format!(
+            "log_format: json\nlisten: 0.0.0.0:0\nstate_dir: {}/state\n",
+            dir.path().display()
+        ),
+    );
+    assert_eq!(code, Some(1));
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .expect("an error line");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_non_loopback"),
+        "{error}"
+    );
+}
