@@ -22,8 +22,11 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    let clouds: Vec<_> = state.clouds.sessions().iter().map(|s| s.status()).collect();
-    let default = state.clouds.snapshot().default.clone();
+    // One snapshot: the clouds and the default from the same set, even while a
+    // PUT /v1/clouds replaces it.
+    let set = state.clouds.snapshot();
+    let clouds: Vec<_> = set.sessions.iter().map(|s| s.status()).collect();
+    let default = set.default.clone();
     Json(json!({
         "clouds": clouds,
         "uploads_in_flight": state.images.in_flight().count(),
