@@ -87,15 +87,7 @@ async fn a_wrong_password_names_the_cloud_and_never_the_secret() {
     entry["auth"]["password"] = "wrong-horse-battery".into();
     let d = spawn_daemon(&clouds_document(&[("bad-cloud", entry)]), |_| {}).await;
     // The session reports the failure in status...
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let s = d.cloud_status("bad-cloud").await;
-        if !s["last_error"].is_null() {
-            break s;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = d.wait_for_error("bad-cloud", Duration::from_secs(20)).await;
     assert_eq!(status["authenticated"], false);
     let error = status["last_error"].as_str().unwrap();
     assert!(

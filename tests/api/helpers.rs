@@ -255,20 +255,37 @@ impl TestDaemon {
             .unwrap_or_else(|| panic!("no cloud {name} in {status}"))
     }
 
-    /// Waits until the cloud's session is authenticated.
-    pub async fn wait_authenticated(&self, name: &str, within: Duration) -> Value {
+    /// Waits until the cloud's status satisfies `done`, and returns that status.
+    pub async fn wait_for_cloud(
+        &self,
+        name: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let s = self.cloud_status(name).await;
-            if s["authenticated"] == true {
+            if done(&s) {
                 return s;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{name} not authenticated in time: {s}"
+                "{name} not as expected in time: {s}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until the cloud's session is authenticated.
+    pub async fn wait_authenticated(&self, name: &str, within: Duration) -> Value {
+        self.wait_for_cloud(name, within, |s| s["authenticated"] == true)
+            .await
+    }
+
+    /// Waits until the cloud's session reports an error.
+    pub async fn wait_for_error(&self, name: &str, within: Duration) -> Value {
+        self.wait_for_cloud(name, within, |s| !s["last_error"].is_null())
+            .await
     }
 
     pub async fn latest(&self, app: &str, cloud: Option<&str>) -> Answer {

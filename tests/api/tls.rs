@@ -100,15 +100,7 @@ async fn cacert_trusts_a_private_ca_and_verify_false_skips_the_check() {
         .await;
     assert_eq!(d.latest("tls-probe", Some("trusted")).await.status, 200);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let refused = loop {
-        let s = d.cloud_status("untrusted").await;
-        if !s["last_error"].is_null() {
-            break s;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let refused = d.wait_for_error("untrusted", Duration::from_secs(20)).await;
     assert_eq!(refused["authenticated"], false);
     let error = refused["last_error"].as_str().unwrap();
     assert!(
@@ -183,19 +175,14 @@ async fn cert_and_key_authenticate_the_client_to_a_mutual_tls_endpoint() {
     .await;
     d.wait_authenticated("with-cert", Duration::from_secs(30))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = d.cloud_status("without-cert").await;
-        if let Some(error) = s["last_error"].as_str() {
-            assert_eq!(s["authenticated"], false);
-            assert!(
-                error.contains("without-cert") && error.contains("CertificateRequired"),
-                "{error}"
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = d
+        .wait_for_error("without-cert", Duration::from_secs(20))
+        .await;
+    assert_eq!(s["authenticated"], false);
+    let error = s["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("without-cert") && error.contains("CertificateRequired"),
+        "{error}"
+    );
     forwarder.abort();
 }

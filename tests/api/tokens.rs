@@ -94,15 +94,7 @@ async fn keystone_down_at_start_recovers_without_a_restart() {
     entry["auth"]["auth_url"] = format!("http://127.0.0.1:{port}/v3").into();
     let d = spawn_daemon(&clouds_document(&[("flaky", entry)]), |_| {}).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        let s = d.cloud_status("flaky").await;
-        if !s["last_error"].is_null() {
-            break s;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let s = d.wait_for_error("flaky", Duration::from_secs(10)).await;
     assert_eq!(s["authenticated"], false);
     assert!(
         s["last_error"].as_str().unwrap().contains("Keystone"),
