@@ -12,8 +12,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{client_api_token, Config, Listen, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, Listen, DEFAULT_CONFIG_PATH};
 use crate::images::UploadFields;
+use crate::runtime::client_api_token;
 use crate::secret::Secret;
 
 pub const EXIT_OK: i32 = 0;

@@ -8,15 +8,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::clouds::{CloudsError, CloudsFile};
-use crate::config::{prepare_runtime, Config, ConfigError, Listen};
+use crate::config::{Config, ConfigError, Listen};
 use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
+use crate::runtime::{prepare_runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Clouds(#[from] CloudsError),
     #[error(transparent)]

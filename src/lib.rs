@@ -8,10 +8,13 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the daemon's own YAML config and the files it keeps (state dir, API token).
-//! - [`clouds`]: clouds.yaml (and secure.yaml) parsing, in openstacksdk's format.
+//! - [`config`]: the daemon's own YAML config: its keys, defaults and checks.
+//! - [`runtime`]: what start-up creates and checks on disk (state dir, API token, daemon id).
+//! - [`clouds`]: clouds.yaml (and secure.yaml) in openstacksdk's format: the search
+//!   path, the per-cloud settings, the auth types.
 //! - [`openstack`]: Keystone sessions (token refresh), Glance calls, the cloud registry.
-//! - [`images`]: names, upload + verification, pruning, the reaper. Knows no HTTP.
+//! - [`images`]: names (and the name template), upload + verification, pruning, the
+//!   reaper. Knows no HTTP.
 //! - [`http`]: the API v1 router, auth, handlers and the error → status mapping.
 //! - [`daemon`]: `serve`: start-up rules, wiring, graceful shutdown.
 //! - [`cli`]: the subcommands, and the client side of the API.
@@ -26,6 +29,7 @@ pub mod daemon;
 pub mod http;
 pub mod images;
 pub mod openstack;
+pub mod runtime;
 pub mod secret;
 pub mod systemd;
 pub mod telemetry;

@@ -18,12 +18,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::NameTemplate;
 use crate::openstack::glance::{Image, ImageQuery, NewImage};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
-use names::{FieldError, ImageFamily};
+use names::{FieldError, ImageFamily, NameTemplate};
 use progress::{InFlight, UploadProgress};
 use source::{HashAlgo, SourceError, SourceFile};
 

@@ -199,12 +199,151 @@ impl ImageFamily {
     }
 
     /// The Glance image name by the configured template.
-    pub fn image_name(&self, template: &crate::config::NameTemplate) -> String {
+    pub fn image_name(&self, template: &NameTemplate) -> String {
         template.render(
             self.base.codename(),
             self.app_name.as_str(),
             self.arch.juju_name(),
         )
+    }
+}
+
+/// An `image_name_template` that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(String);
+
+/// One piece of a parsed [`NameTemplate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// Text copied as is.
+    Literal(String),
+    /// `{base}`.
+    Base,
+    /// `{app_name}`.
+    AppName,
+    /// `{arch}`.
+    Arch,
+}
+
+/// How an image name is made, e.g. `{base}-{app_name}-{arch}`.
+///
+/// It must hold each of `{base}`, `{app_name}` and `{arch}`: without one of them
+/// two different image kinds would share a name, and each upload would prune
+/// the other's images as old revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTemplate {
+    /// The template as written, for messages and display.
+    text: String,
+    /// The template split into literals and placeholders, so rendering never
+    /// re-scans text that came from a value.
+    parts: Vec<Part>,
+}
+
+impl NameTemplate {
+    /// The image name for these values.
+    pub fn render(&self, base: &str, app_name: &str, arch: &str) -> String {
+        let mut name = String::new();
+        for part in &self.parts {
+            name.push_str(match part {
+                Part::Literal(text) => text,
+                Part::Base => base,
+                Part::AppName => app_name,
+                Part::Arch => arch,
+            });
+        }
+        name
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Default for NameTemplate {
+    fn default() -> Self {
+        NameTemplate {
+            text: "{base}-{app_name}-{arch}".to_string(),
+            parts: vec![
+                Part::Base,
+                Part::Literal("-".to_string()),
+                Part::AppName,
+                Part::Literal("-".to_string()),
+                Part::Arch,
+            ],
+        }
+    }
+}
+
+impl FromStr for NameTemplate {
+    type Err = TemplateError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            match c {
+                '{' => {
+                    let Some(end) = rest.find('}') else {
+                        return Err(TemplateError(format!(
+                            "'{text}': '{{' without a closing '}}'"
+                        )));
+                    };
+                    let placeholder = match &rest[1..end] {
+                        "base" => Part::Base,
+                        "app_name" => Part::AppName,
+                        "arch" => Part::Arch,
+                        other => {
+                            return Err(TemplateError(format!(
+                                "'{text}': unknown placeholder '{{{other}}}' \
+                                 (allowed: {{base}}, {{app_name}}, {{arch}})"
+                            )))
+                        }
+                    };
+                    if !literal.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(placeholder);
+                    rest = &rest[end + 1..];
+                }
+                '}' => {
+                    return Err(TemplateError(format!(
+                        "'{text}': '}}' without an opening '{{'"
+                    )))
+                }
+                _ => {
+                    literal.push(c);
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        for (part, name) in [
+            (Part::Base, "{base}"),
+            (Part::AppName, "{app_name}"),
+            (Part::Arch, "{arch}"),
+        ] {
+            if !parts.contains(&part) {
+                return Err(TemplateError(format!(
+                    "'{text}' lacks {name}: without it different images would share \
+                     a name and prune each other"
+                )));
+            }
+        }
+        Ok(NameTemplate {
+            text: text.to_string(),
+            parts,
+        })
+    }
+}
+
+impl fmt::Display for NameTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -253,5 +392,41 @@ mod tests {
         }
         assert!("a".repeat(63).parse::<AppName>().is_ok());
         assert!("a".repeat(64).parse::<AppName>().is_err());
+    }
+
+    #[test]
+    fn template_renders_each_placeholder() {
+        let template: NameTemplate = "{base}-{app_name}-{arch}".parse().unwrap();
+        assert_eq!(
+            template.render("noble", "my-app", "x64"),
+            "noble-my-app-x64"
+        );
+        let template: NameTemplate = "charm/{app_name}_{arch}@{base}{base}".parse().unwrap();
+        assert_eq!(
+            template.render("jammy", "a", "arm64"),
+            "charm/a_arm64@jammyjammy"
+        );
+        assert_eq!(template.as_str(), "charm/{app_name}_{arch}@{base}{base}");
+    }
+
+    #[test]
+    fn template_does_not_expand_placeholders_inside_values() {
+        let template = NameTemplate::default();
+        assert_eq!(template.render("{arch}", "a", "x64"), "{arch}-a-x64");
+    }
+
+    #[test]
+    fn template_rejects_unknown_placeholders_stray_braces_and_missing_parts() {
+        for bad in [
+            "{base}-{app_name}-{arch}-{unit}",
+            "{base}-{app_name}-{arch}}",
+            "{base}-{app_name}-{arch",
+            "{base}-{app_name}",
+            "{app_name}-{arch}",
+            "{base}-{arch}",
+            "",
+        ] {
+            assert!(bad.parse::<NameTemplate>().is_err(), "{bad:?}");
+        }
     }
 }
