@@ -6,6 +6,10 @@
 //!
 //! Every key has a default and an unknown key is an error: a typo such as
 //! `allow_non_loopbak: true` must stop the daemon, not be ignored silently.
+//! A key is one field of [`Config`] (with its default in `Default` and, when
+//! its value needs checking, a deserializer from [`values`]); serde does the rest.
+
+mod values;
 
 use std::fmt;
 use std::fs;
@@ -15,19 +19,21 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::images::names::{NameTemplate, TemplateError};
+use crate::images::names::NameTemplate;
 
 /// Where `serve` and the client subcommands look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/openstack-image-helper/config.yaml";
 
-/// The default `clouds_yaml`: a file of the daemon's own, so that a user's
-/// `~/.config/openstack/clouds.yaml` never leaks into a system service.
-pub const DEFAULT_CLOUDS_YAML: &str = "/etc/openstack-image-helper/clouds.yaml";
-
 /// The default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/openstack-image-helper";
+
+/// The default `clouds_yaml`: a file of the daemon's own (so that a user's
+/// `~/.config/openstack/clouds.yaml` never leaks into a system service), under
+/// the state dir, the one place the hardened unit may write (`PUT /v1/clouds`).
+pub const DEFAULT_CLOUDS_YAML: &str = "/var/lib/openstack-image-helper/clouds.yaml";
 
 /// The default `api_token_file`.
 pub const DEFAULT_API_TOKEN_FILE: &str = "/var/lib/openstack-image-helper/api-token";
@@ -38,28 +44,10 @@ pub const DEFAULT_UPLOAD_DIR: &str = "/var/lib/openstack-image-helper/images";
 /// The port of the default `listen` address.
 pub const DEFAULT_PORT: u16 = 8427;
 
-/// The keys a config file may hold, in the contract's order (also used to list
-/// them when a key is unknown).
-const KNOWN_KEYS: &[&str] = &[
-    "listen",
-    "clouds_yaml",
-    "default_cloud",
-    "state_dir",
-    "api_token_file",
-    "upload_dirs",
-    "image_name_template",
-    "token_refresh_margin",
-    "stale_upload_age",
-    "reaper_interval",
-    "upload_stall_timeout",
-    "allow_non_loopback",
-    "log_format",
-];
-
-/// Everything that can go wrong with the config file or the files it names.
+/// Everything that can go wrong with the config file.
 ///
-/// Each message names the file (and the key, where there is one), because the
-/// reader is an operator looking at `journalctl`, not at the code.
+/// Each message names the file (and the key and line, where there are some),
+/// because the reader is an operator looking at `journalctl`, not at the code.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
@@ -84,7 +72,7 @@ pub enum ConfigError {
     #[error(
         "config file {}: unknown key '{key}' (known keys: {})",
         path.display(),
-        KNOWN_KEYS.join(", ")
+        values::known_keys::<Config>().join(", ")
     )]
     UnknownKey {
         /// The config file.
@@ -94,13 +82,15 @@ pub enum ConfigError {
     },
 
     /// A known key with a value of the wrong type or out of range.
-    #[error("config file {}: key '{key}': {reason}", path.display())]
+    #[error("config file {}, line {line}: key '{key}': {reason}", path.display())]
     InvalidValue {
         /// The config file.
         path: PathBuf,
+        /// The line of the value (1-based; 0 when the parser did not say).
+        line: usize,
         /// The key whose value is wrong.
         key: &'static str,
-        /// What is wrong with it.
+        /// What is wrong with it, and what was expected.
         reason: String,
     },
 
@@ -115,48 +105,72 @@ pub enum ConfigError {
     },
 }
 
-/// A value in the config file that did not parse; the caller adds the file and key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidValue(String);
-
 /// The daemon's config, with every default filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the HTTP API listens: a TCP address or a unix socket.
     pub listen: Listen,
-    /// The clouds.yaml to use; `None` means openstacksdk's search path
-    /// (`OS_CLIENT_CONFIG_FILE`, `./`, `~/.config/openstack/`, `/etc/openstack/`).
+    /// The clouds.yaml to use; `None` (written `null`) means openstacksdk's search
+    /// path (`OS_CLIENT_CONFIG_FILE`, `./`, `~/.config/openstack/`, `/etc/openstack/`).
+    #[serde(deserialize_with = "values::optional_path")]
     pub clouds_yaml: Option<PathBuf>,
     /// The cloud used when a request names none; `None` means `OS_CLOUD`, else
     /// the only (or first) cloud of the file.
+    #[serde(deserialize_with = "values::optional_name")]
     pub default_cloud: Option<String>,
     /// Where the daemon keeps its own files (the daemon id); created 0700.
+    #[serde(deserialize_with = "values::path")]
     pub state_dir: PathBuf,
     /// The bearer token clients must present; created 0600 with a random token when missing.
+    #[serde(deserialize_with = "values::path")]
     pub api_token_file: PathBuf,
     /// The directories `src_path` must resolve into, as written in the file;
-    /// [`prepare_runtime`] resolves them at start-up.
+    /// [`prepare_runtime`](crate::runtime::prepare_runtime) resolves them at start-up.
+    #[serde(deserialize_with = "values::paths")]
     pub upload_dirs: Vec<PathBuf>,
     /// How an image's name is made from base, app name and arch.
     pub image_name_template: NameTemplate,
     /// How long before expiry a Keystone token is refreshed.
+    #[serde(deserialize_with = "values::duration")]
     pub token_refresh_margin: Duration,
-    /// How old a non-active image must be before it counts as abandoned.
+    /// How old a non-active image must be before it counts as abandoned. Zero
+    /// would make every upload in progress look abandoned, and get it deleted.
+    #[serde(deserialize_with = "values::nonzero_duration")]
     pub stale_upload_age: Duration,
-    /// How often abandoned uploads of this daemon are looked for.
+    /// How often abandoned uploads of this daemon are looked for (zero would be
+    /// a busy loop).
+    #[serde(deserialize_with = "values::nonzero_duration")]
     pub reaper_interval: Duration,
-    /// How long an upload may go without byte progress before it is aborted.
+    /// How long an upload may go without byte progress before it is aborted
+    /// (zero would abort every upload before its first byte).
+    #[serde(deserialize_with = "values::nonzero_duration")]
     pub upload_stall_timeout: Duration,
     /// Whether a non-loopback `listen` address is allowed: listening beyond
     /// this host must be asked for explicitly.
     pub allow_non_loopback: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// How many uploads run at once; more wait as queued jobs (0.2).
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub max_concurrent_uploads: usize,
+    /// How long finished jobs (and their Idempotency-Keys) are kept (0.2); zero
+    /// would forget a job before its client could retry.
+    #[serde(deserialize_with = "values::nonzero_duration")]
+    pub job_retention: Duration,
+    /// After the last byte, how long Glance may take to report the image
+    /// active (0.2); zero would fail every upload.
+    #[serde(deserialize_with = "values::nonzero_duration")]
+    pub activation_timeout: Duration,
+    /// On SIGTERM, how long uploads under way may run on (0.2); zero aborts
+    /// them at once.
+    #[serde(deserialize_with = "values::duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
         Config {
             listen: Listen::Tcp(SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -168,12 +182,16 @@ impl Default for Config {
             api_token_file: PathBuf::from(DEFAULT_API_TOKEN_FILE),
             upload_dirs: vec![PathBuf::from(DEFAULT_UPLOAD_DIR)],
             image_name_template: NameTemplate::default(),
-            token_refresh_margin: Duration::from_secs(10 * 60),
-            stale_upload_age: Duration::from_secs(60 * 60),
-            reaper_interval: Duration::from_secs(5 * 60),
-            upload_stall_timeout: Duration::from_secs(5 * 60),
+            token_refresh_margin: 10 * MINUTE,
+            stale_upload_age: 60 * MINUTE,
+            reaper_interval: 5 * MINUTE,
+            upload_stall_timeout: 5 * MINUTE,
             allow_non_loopback: false,
             log_format: LogFormat::Text,
+            max_concurrent_uploads: 4,
+            job_retention: 24 * 60 * MINUTE,
+            activation_timeout: 30 * MINUTE,
+            shutdown_grace: 10 * MINUTE,
         }
     }
 }
@@ -190,100 +208,56 @@ impl Config {
 
     /// Parses a config document; `origin` is the file it came from, for messages.
     ///
-    /// The document is walked key by key (rather than derived with serde) so that
-    /// every error names the key, and so that `clouds_yaml: null` (use the search
-    /// path) can be told apart from a missing `clouds_yaml` (use the default file).
+    /// The document's shape and keys are checked on a YAML value first (so an
+    /// unknown key is named as such, and an empty file means "all defaults");
+    /// then serde reads it from the text, which keeps the line of a bad value.
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let document: Value = serde_yaml::from_str(text).map_err(|err| ConfigError::Syntax {
+        let syntax = |reason: String| ConfigError::Syntax {
             path: origin.to_path_buf(),
-            reason: err.to_string(),
-        })?;
-        let mut config = Config::default();
+            reason,
+        };
+        let document: Value = serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
         let mapping = match document {
             // An empty file (or one holding only comments) means "all defaults".
-            Value::Null => return Ok(config),
+            Value::Null => return Ok(Config::default()),
             Value::Mapping(mapping) => mapping,
             _ => {
-                return Err(ConfigError::Syntax {
-                    path: origin.to_path_buf(),
-                    reason: "the top level must be a mapping of keys to values".to_string(),
-                })
+                return Err(syntax(
+                    "the top level must be a mapping of keys to values".to_string(),
+                ))
             }
         };
-
-        for (key, value) in mapping {
-            let Some(name) = key.as_str() else {
-                return Err(ConfigError::UnknownKey {
-                    path: origin.to_path_buf(),
-                    key: format!("{key:?}"),
-                });
-            };
-            let Some(known) = KNOWN_KEYS.iter().copied().find(|known| *known == name) else {
-                return Err(ConfigError::UnknownKey {
-                    path: origin.to_path_buf(),
-                    key: name.to_string(),
-                });
-            };
-            config
-                .set(known, value)
-                .map_err(|InvalidValue(reason)| ConfigError::InvalidValue {
-                    path: origin.to_path_buf(),
-                    key: known,
-                    reason,
-                })?;
+        let known = values::known_keys::<Config>();
+        if let Some(key) = mapping
+            .keys()
+            .find(|key| key.as_str().is_none_or(|name| !known.contains(&name)))
+        {
+            return Err(ConfigError::UnknownKey {
+                path: origin.to_path_buf(),
+                key: key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_string),
+            });
         }
-        Ok(config)
-    }
-
-    /// Stores one key's value, parsed.
-    fn set(&mut self, key: &'static str, value: Value) -> Result<(), InvalidValue> {
-        match key {
-            "listen" => self.listen = string(&value)?.parse()?,
-            "clouds_yaml" => {
-                self.clouds_yaml = match value {
-                    Value::Null => None,
-                    other => Some(path(&other)?),
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = match err.path().iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => {
+                    known.iter().copied().find(|known| known == key)
                 }
+                _ => None,
+            };
+            let inner = err.into_inner();
+            match key {
+                Some(key) => ConfigError::InvalidValue {
+                    path: origin.to_path_buf(),
+                    line: inner.location().map_or(0, |l| l.line()),
+                    key,
+                    reason: values::reason(&inner, key),
+                },
+                None => syntax(inner.to_string()),
             }
-            "default_cloud" => {
-                self.default_cloud = match value {
-                    Value::Null => None,
-                    other => Some(non_empty(string(&other)?)?.to_string()),
-                }
-            }
-            "state_dir" => self.state_dir = path(&value)?,
-            "api_token_file" => self.api_token_file = path(&value)?,
-            "upload_dirs" => {
-                let Value::Sequence(entries) = value else {
-                    return Err(InvalidValue(
-                        "expected a list of directories, e.g. [/srv/images]".to_string(),
-                    ));
-                };
-                self.upload_dirs = entries.iter().map(path).collect::<Result<_, _>>()?;
-            }
-            "image_name_template" => {
-                self.image_name_template = string(&value)?
-                    .parse()
-                    .map_err(|err: TemplateError| InvalidValue(err.to_string()))?
-            }
-            "token_refresh_margin" => self.token_refresh_margin = duration(&value, false)?,
-            // Zero would make every upload in progress (this unit's or another's)
-            // look abandoned, and get it deleted.
-            "stale_upload_age" => self.stale_upload_age = duration(&value, true)?,
-            // Zero would be a busy loop.
-            "reaper_interval" => self.reaper_interval = duration(&value, true)?,
-            // Zero would abort every upload before its first byte.
-            "upload_stall_timeout" => self.upload_stall_timeout = duration(&value, true)?,
-            "allow_non_loopback" => {
-                self.allow_non_loopback = value
-                    .as_bool()
-                    .ok_or_else(|| InvalidValue("expected true or false".to_string()))?
-            }
-            "log_format" => self.log_format = string(&value)?.parse()?,
-            // `from_yaml` only passes keys from KNOWN_KEYS; this arm keeps the match total.
-            other => return Err(InvalidValue(format!("no handler for key '{other}'"))),
-        }
-        Ok(())
+        })
     }
 
     /// Refuses a `listen` address beyond loopback unless `allow_non_loopback` is set.
@@ -301,61 +275,9 @@ impl Config {
     }
 }
 
-/// A YAML scalar that must be a string.
-fn string(value: &Value) -> Result<&str, InvalidValue> {
-    value
-        .as_str()
-        .ok_or_else(|| InvalidValue(format!("expected a string, found {}", kind(value))))
-}
-
-/// Rejects an empty string where one would be meaningless.
-fn non_empty(text: &str) -> Result<&str, InvalidValue> {
-    if text.trim().is_empty() {
-        Err(InvalidValue("must not be empty".to_string()))
-    } else {
-        Ok(text)
-    }
-}
-
-/// A YAML string naming a path.
-fn path(value: &Value) -> Result<PathBuf, InvalidValue> {
-    Ok(PathBuf::from(non_empty(string(value)?)?))
-}
-
-/// A humantime duration (`90s`, `10m`, `1h`); `nonzero` rejects `0s`.
-fn duration(value: &Value, nonzero: bool) -> Result<Duration, InvalidValue> {
-    let text = value.as_str().ok_or_else(|| {
-        InvalidValue(format!(
-            "expected a duration such as \"90s\", \"10m\" or \"1h\", found {}",
-            kind(value)
-        ))
-    })?;
-    let parsed = humantime::parse_duration(text.trim()).map_err(|err| {
-        InvalidValue(format!(
-            "'{text}' is not a duration such as \"90s\", \"10m\" or \"1h\": {err}"
-        ))
-    })?;
-    if nonzero && parsed.is_zero() {
-        return Err(InvalidValue("must be longer than zero".to_string()));
-    }
-    Ok(parsed)
-}
-
-/// What kind of YAML value this is, for messages (never the value itself).
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
-    }
-}
-
 /// Where the HTTP API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Listen {
     /// A TCP address, e.g. `127.0.0.1:8427` or `[::1]:8427`.
     Tcp(SocketAddr),
@@ -380,14 +302,19 @@ impl Listen {
     }
 }
 
+/// A `listen` value that is not an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidListen(String);
+
 impl FromStr for Listen {
-    type Err = InvalidValue;
+    type Err = InvalidListen;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
         if let Some(socket) = text.strip_prefix("unix:") {
             if socket.is_empty() {
-                return Err(InvalidValue(
+                return Err(InvalidListen(
                     "'unix:' needs a socket path, e.g. unix:/run/openstack-image-helper.sock"
                         .to_string(),
                 ));
@@ -407,10 +334,18 @@ impl FromStr for Listen {
                 )));
             }
         }
-        Err(InvalidValue(format!(
+        Err(InvalidListen(format!(
             "'{text}' is not an address: expected IP:PORT (127.0.0.1:8427, [::1]:8427), \
              localhost:PORT or unix:/path/to/socket"
         )))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = InvalidListen;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
     }
 }
 
@@ -425,27 +360,14 @@ impl fmt::Display for Listen {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines, for a terminal or the journal.
     #[default]
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-impl FromStr for LogFormat {
-    type Err = InvalidValue;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim() {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(InvalidValue(format!(
-                "'{other}' is not a log format: expected text or json"
-            ))),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -464,7 +386,7 @@ mod tests {
         assert_eq!(defaults.listen.to_string(), "127.0.0.1:8427");
         assert_eq!(
             defaults.clouds_yaml.as_deref(),
-            Some(Path::new("/etc/openstack-image-helper/clouds.yaml"))
+            Some(Path::new("/var/lib/openstack-image-helper/clouds.yaml"))
         );
         assert_eq!(defaults.default_cloud, None);
         assert_eq!(
@@ -489,6 +411,10 @@ mod tests {
         assert_eq!(defaults.upload_stall_timeout, Duration::from_secs(300));
         assert!(!defaults.allow_non_loopback);
         assert_eq!(defaults.log_format, LogFormat::Text);
+        assert_eq!(defaults.max_concurrent_uploads, 4);
+        assert_eq!(defaults.job_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(defaults.activation_timeout, Duration::from_secs(30 * 60));
+        assert_eq!(defaults.shutdown_grace, Duration::from_secs(10 * 60));
     }
 
     #[test]
@@ -508,6 +434,10 @@ reaper_interval: 1m
 upload_stall_timeout: 30s
 allow_non_loopback: true
 log_format: json
+max_concurrent_uploads: 2
+job_retention: 1h
+activation_timeout: 5m
+shutdown_grace: 0s
 "#,
         )
         .unwrap();
@@ -530,6 +460,10 @@ log_format: json
         assert_eq!(config.upload_stall_timeout, Duration::from_secs(30));
         assert!(config.allow_non_loopback);
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.max_concurrent_uploads, 2);
+        assert_eq!(config.job_retention, Duration::from_secs(3600));
+        assert_eq!(config.activation_timeout, Duration::from_secs(300));
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
     }
 
     #[test]
@@ -547,6 +481,12 @@ log_format: json
         let message = err.to_string();
         assert!(message.contains("/etc/test/config.yaml"), "{message}");
         assert!(message.contains("'allow_non_loopbak'"), "{message}");
+        // The known keys come from the struct, in the contract's order.
+        assert!(
+            message.contains("known keys: listen, clouds_yaml, default_cloud,"),
+            "{message}"
+        );
+        assert!(message.contains("shutdown_grace"), "{message}");
     }
 
     #[test]
@@ -575,11 +515,56 @@ log_format: json
     }
 
     #[test]
+    fn a_bad_value_is_named_by_key_and_line_with_what_was_expected() {
+        let err = parse("listen: 127.0.0.1:8427\n\nreaper_interval: 600\n").unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::InvalidValue {
+                key: "reaper_interval",
+                line: 3,
+                ..
+            }
+        ));
+        let message = err.to_string();
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("key 'reaper_interval'"), "{message}");
+        assert!(message.contains("a duration such as"), "{message}");
+        assert!(!message.contains("reaper_interval: "), "{message}");
+
+        let err = parse("log_format: xml\n").unwrap_err().to_string();
+        assert!(err.contains("`text`") && err.contains("`json`"), "{err}");
+    }
+
+    #[test]
+    fn durations_too_long_for_the_clock_are_an_error_not_a_panic() {
+        for value in [
+            "1e19s",
+            "18446744073709551615s",
+            "99999999999999999999999s",
+            "200years",
+        ] {
+            for key in ["reaper_interval", "token_refresh_margin", "shutdown_grace"] {
+                let err = parse(&format!("{key}: {value}\n")).unwrap_err();
+                assert!(
+                    matches!(&err, ConfigError::InvalidValue { key: k, .. } if *k == key),
+                    "{key}: {value}: {err}"
+                );
+            }
+        }
+        assert_eq!(
+            parse("job_retention: 99years\n").unwrap().job_retention,
+            humantime::parse_duration("99years").unwrap()
+        );
+    }
+
+    #[test]
     fn zero_durations_are_rejected_where_they_make_no_sense() {
         for key in [
             "reaper_interval",
             "upload_stall_timeout",
             "stale_upload_age",
+            "job_retention",
+            "activation_timeout",
         ] {
             let err = parse(&format!("{key}: 0s\n")).unwrap_err();
             assert!(
@@ -603,6 +588,12 @@ log_format: json
             ("log_format: xml\n", "log_format"),
             ("state_dir: ''\n", "state_dir"),
             ("listen: 8427\n", "listen"),
+            ("listen: example.com:80\n", "listen"),
+            ("default_cloud: ''\n", "default_cloud"),
+            ("upload_dirs: [/srv/a, '']\n", "upload_dirs"),
+            ("max_concurrent_uploads: 0\n", "max_concurrent_uploads"),
+            ("max_concurrent_uploads: -1\n", "max_concurrent_uploads"),
+            ("max_concurrent_uploads: many\n", "max_concurrent_uploads"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(

@@ -231,7 +231,8 @@ enum Part {
 /// It must hold each of `{base}`, `{app_name}` and `{arch}`: without one of them
 /// two different image kinds would share a name, and each upload would prune
 /// the other's images as old revisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct NameTemplate {
     /// The template as written, for messages and display.
     text: String,
@@ -338,6 +339,14 @@ impl FromStr for NameTemplate {
             text: text.to_string(),
             parts,
         })
+    }
+}
+
+impl TryFrom<String> for NameTemplate {
+    type Error = TemplateError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
     }
 }
 

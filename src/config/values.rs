@@ -1,0 +1,155 @@
+//! How the config's values are read: the deserializers that check a value as
+//! serde reads it (so the error keeps its key and line), and the list of keys
+//! serde knows, for the unknown-key message.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// The longest duration any key takes: longer ones are typos (`1e19s`), and
+/// would overflow the clock when added to "now" (a panic, not an error).
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The field names serde's derive gave `T` (its keys, in declaration order).
+///
+/// Serde hands them to `deserialize_struct`; this deserializer only records
+/// them, so the list of keys lives in one place: the struct.
+pub(super) fn known_keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only the field names were wanted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+/// The parser's message about `key`'s value without the key and the position,
+/// which the config error states on its own.
+pub(super) fn reason(err: &serde_yaml::Error, key: &str) -> String {
+    let mut text = err.to_string();
+    if let Some(at) = err.location() {
+        let position = format!(" at line {} column {}", at.line(), at.column());
+        if let Some(stripped) = text.strip_suffix(&position) {
+            text = stripped.to_string();
+        }
+    }
+    match text.strip_prefix(key) {
+        Some(rest) => rest.strip_prefix(": ").unwrap_or(rest).to_string(),
+        None => text,
+    }
+}
+
+/// A string that is not blank (a path, a cloud name).
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct NonEmpty(String);
+
+impl TryFrom<String> for NonEmpty {
+    type Error = &'static str;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        if text.trim().is_empty() {
+            Err("must not be empty")
+        } else {
+            Ok(NonEmpty(text))
+        }
+    }
+}
+
+/// A path (a non-empty string).
+pub(super) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    NonEmpty::deserialize(d).map(|text| PathBuf::from(text.0))
+}
+
+/// A path, or `null`.
+pub(super) fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<NonEmpty>::deserialize(d)?.map(|text| PathBuf::from(text.0)))
+}
+
+/// A name, or `null`.
+pub(super) fn optional_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<NonEmpty>::deserialize(d)?.map(|text| text.0))
+}
+
+/// A list of paths.
+pub(super) fn paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(Vec::<NonEmpty>::deserialize(d)?
+        .into_iter()
+        .map(|text| PathBuf::from(text.0))
+        .collect())
+}
+
+/// A count of at least one.
+pub(super) fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// A humantime duration (`90s`, `10m`, `1h`), zero allowed.
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor { nonzero: false })
+}
+
+/// A humantime duration longer than zero.
+pub(super) fn nonzero_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor { nonzero: true })
+}
+
+/// Reads a duration, checked inside the visitor so the error keeps its position.
+struct DurationVisitor {
+    /// Whether `0s` is refused.
+    nonzero: bool,
+}
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as \"90s\", \"10m\" or \"1h\"")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+        let parsed = humantime::parse_duration(text.trim()).map_err(|err| {
+            E::custom(format!(
+                "'{text}' is not a duration such as \"90s\", \"10m\" or \"1h\": {err}"
+            ))
+        })?;
+        if parsed > MAX_DURATION {
+            return Err(E::custom(format!(
+                "'{text}' is longer than 100 years, more than any setting needs"
+            )));
+        }
+        if self.nonzero && parsed.is_zero() {
+            return Err(E::custom("must be longer than zero"));
+        }
+        Ok(parsed)
+    }
+}
