@@ -21,6 +21,10 @@
 //! - [`systemd`]: readiness and watchdog notifications.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`secret`]: the wrapper that keeps passwords and tokens out of logs.
+//! - `closed_set!`: an enum for a closed set of words, its text written once.
+
+#[macro_use]
+mod closed_set;
 
 pub mod cli;
 pub mod clouds;

@@ -18,12 +18,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::openstack::glance::{Image, ImageQuery, NewImage};
+use crate::openstack::glance::{
+    ContainerFormat, DiskFormat, Image, ImageQuery, ImageStatus, NewImage, Visibility,
+};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
-use names::{FieldError, ImageFamily, NameTemplate};
-use progress::{InFlight, UploadProgress};
+use names::{FieldError, ImageFamily, ImageName, NameTemplate};
+use progress::{InFlight, UploadPhase, UploadProgress};
 use source::{HashAlgo, SourceError, SourceFile};
 
 /// The property that marks images made by this daemon installation (its daemon id).
@@ -123,7 +125,7 @@ pub enum ImageError {
 #[derive(Debug, Clone, Serialize)]
 pub struct LatestImage {
     pub id: Option<String>,
-    pub name: String,
+    pub name: ImageName,
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -155,15 +157,14 @@ pub struct UploadRequest {
     pub num_revisions: u32,
     pub src_path: PathBuf,
     pub cloud: Option<String>,
-    pub disk_format: Option<String>,
-    pub container_format: String,
-    pub visibility: String,
+    /// `None`: detected from the file (qcow2 or raw).
+    pub disk_format: Option<DiskFormat>,
+    pub container_format: ContainerFormat,
+    pub visibility: Visibility,
     pub properties: BTreeMap<String, String>,
     /// Identifies the upload in `/v1/uploads` and in the image's marker.
     pub upload_id: String,
 }
-
-const VISIBILITIES: &[&str] = &["private", "shared", "community", "public"];
 
 impl UploadRequest {
     /// Validates every field as the contract says.
@@ -172,39 +173,11 @@ impl UploadRequest {
         if fields.num_revisions < 1 {
             return Err(FieldError::new("num_revisions", "must be at least 1"));
         }
-        let one_of = |field: &'static str,
-                      value: Option<String>,
-                      allowed: &[&str],
-                      default: Option<&str>| {
-            match value {
-                Some(v) if allowed.contains(&v.as_str()) => Ok(Some(v)),
-                Some(v) => Err(FieldError::new(
-                    field,
-                    format!("'{v}' is not one of {}", allowed.join(", ")),
-                )),
-                None => Ok(default.map(str::to_string)),
-            }
-        };
-        let disk_format = one_of(
-            "disk_format",
-            fields.disk_format,
-            source::DISK_FORMATS,
-            None,
-        )?;
-        let container_format = one_of(
-            "container_format",
-            fields.container_format,
-            source::CONTAINER_FORMATS,
-            Some("bare"),
-        )?
-        .unwrap_or_default();
-        let visibility = one_of(
-            "visibility",
-            fields.visibility,
-            VISIBILITIES,
-            Some("private"),
-        )?
-        .unwrap_or_default();
+        let disk_format = parse_field("disk_format", fields.disk_format)?;
+        let container_format = parse_field("container_format", fields.container_format)?
+            .unwrap_or(ContainerFormat::Bare);
+        let visibility =
+            parse_field("visibility", fields.visibility)?.unwrap_or(Visibility::Private);
         for key in fields.properties.keys() {
             if OWN_PROPERTIES.contains(&key.as_str()) {
                 return Err(FieldError::new(
@@ -244,6 +217,19 @@ impl UploadRequest {
     }
 }
 
+/// An optional word of a closed set, the field named when it is not one of them.
+fn parse_field<T: std::str::FromStr<Err = String>>(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<T>, FieldError> {
+    value
+        .map(|text| {
+            text.parse()
+                .map_err(|reason| FieldError::new(field, reason))
+        })
+        .transpose()
+}
+
 /// A random 128-bit id in hex.
 pub fn random_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -260,8 +246,8 @@ pub struct PruneFailure {
 #[derive(Debug, Clone, Serialize)]
 pub struct UploadOutcome {
     pub id: String,
-    pub name: String,
-    pub status: String,
+    pub name: ImageName,
+    pub status: ImageStatus,
     pub size: u64,
     pub checksum: String,
     pub os_hash_algo: String,
@@ -285,7 +271,7 @@ pub struct ImageService {
     settings: ImageSettings,
     clouds: Arc<CloudRegistry>,
     /// One lock per (cloud, image name): uploads of a name run one at a time.
-    locks: Mutex<HashMap<(String, String), NameLock>>,
+    locks: Mutex<HashMap<(String, ImageName), NameLock>>,
     /// Uploads under way.
     in_flight: InFlight,
     /// The `os_hash_algo` each cloud was last seen to use.
@@ -325,7 +311,7 @@ impl ImageService {
         let name = family.image_name(&self.settings.template);
         let image = session
             .glance()
-            .latest_active(&name)
+            .latest_active(name.as_str())
             .await
             .map_err(ImageError::Get)?;
         Ok(LatestImage {
@@ -347,7 +333,7 @@ impl ImageService {
             .map_err(|e| ImageError::Internal(format!("upload task: {e}")))?
     }
 
-    fn lock_for(&self, cloud: &str, name: &str) -> NameLock {
+    fn lock_for(&self, cloud: &str, name: &ImageName) -> NameLock {
         let mut locks = match self.locks.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
@@ -355,7 +341,7 @@ impl ImageService {
         // Forget locks nobody holds or waits for, so the map does not grow forever.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks
-            .entry((cloud.to_string(), name.to_string()))
+            .entry((cloud.to_string(), name.clone()))
             .or_default()
             .clone()
     }
@@ -390,18 +376,17 @@ impl ImageService {
         let name = request.family.image_name(&self.settings.template);
         let disk_format = request
             .disk_format
-            .clone()
-            .unwrap_or_else(|| source.detect_disk_format().to_string());
+            .unwrap_or_else(|| source.detect_disk_format());
 
         let guard = self
             .in_flight
             .start(&request.upload_id, &cloud, &name, source.size);
         let progress = guard.progress.clone();
-        progress.set_phase("waiting");
+        progress.set_phase(UploadPhase::Waiting);
         let lock = self.lock_for(&cloud, &name);
         let _one_at_a_time = lock.lock().await;
 
-        progress.set_phase("creating");
+        progress.set_phase(UploadPhase::Creating);
         let mut properties = request.properties.clone();
         properties.insert(
             "architecture".into(),
@@ -412,10 +397,10 @@ impl ImageService {
         properties.insert(MARKER_DAEMON.into(), self.settings.daemon_id.clone());
         properties.insert(MARKER_UPLOAD.into(), request.upload_id.clone());
         let new_image = NewImage {
-            name: name.clone(),
+            name: name.to_string(),
             disk_format,
-            container_format: request.container_format.clone(),
-            visibility: request.visibility.clone(),
+            container_format: request.container_format,
+            visibility: request.visibility,
             properties,
         };
         let glance = session.glance();
@@ -443,7 +428,7 @@ impl ImageService {
             }
         };
 
-        progress.set_phase("pruning");
+        progress.set_phase(UploadPhase::Pruning);
         let (pruned, prune_failed) = self
             .prune_revisions(&session, &name, &verified.id, request.num_revisions)
             .await;
@@ -451,7 +436,7 @@ impl ImageService {
         Ok(UploadOutcome {
             id: verified.id.clone(),
             name,
-            status: verified.status.clone(),
+            status: verified.status,
             size: verified.size.unwrap_or_default(),
             checksum: verified.checksum.clone().unwrap_or_default(),
             os_hash_algo: verified.os_hash_algo.clone().unwrap_or_default(),
@@ -480,7 +465,7 @@ impl ImageService {
             .unwrap_or_else(|| self.hash_algo(&cloud));
         let size = source.size;
         let rehash_file = source.file.try_clone().ok();
-        progress.set_phase("uploading");
+        progress.set_phase(UploadPhase::Uploading);
         let cancel = tokio_util::sync::CancellationToken::new();
         // Whatever ends this function early (a stall, an error, a panic) stops the
         // file reader too.
@@ -516,7 +501,7 @@ impl ImageService {
             }
         };
 
-        progress.set_phase("verifying");
+        progress.set_phase(UploadPhase::Verifying);
         let image = self.wait_until_active(session, &created.id).await?;
         let mismatch = |detail: String| ImageError::Verification {
             cloud: cloud.clone(),
@@ -568,9 +553,9 @@ impl ImageService {
         let mut delay = Duration::from_millis(100);
         loop {
             let image = session.glance().get(id).await.map_err(ImageError::Upload)?;
-            match image.status.as_str() {
-                "active" => return Ok(image),
-                "saving" | "importing" | "uploading" if tokio::time::Instant::now() < deadline => {
+            match image.status {
+                ImageStatus::Active => return Ok(image),
+                status if status.is_processing() && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
@@ -590,7 +575,7 @@ impl ImageService {
     async fn prune_revisions(
         &self,
         session: &Session,
-        name: &str,
+        name: &ImageName,
         new_id: &str,
         num_revisions: u32,
     ) -> (Vec<String>, Vec<PruneFailure>) {
@@ -731,8 +716,8 @@ mod tests {
     #[test]
     fn defaults_are_bare_and_private() {
         let r = UploadRequest::parse(fields(), None).unwrap();
-        assert_eq!(r.container_format, "bare");
-        assert_eq!(r.visibility, "private");
+        assert_eq!(r.container_format, ContainerFormat::Bare);
+        assert_eq!(r.visibility, Visibility::Private);
         assert_eq!(r.disk_format, None);
         assert_eq!(r.upload_id.len(), 32);
     }

@@ -199,12 +199,31 @@ impl ImageFamily {
     }
 
     /// The Glance image name by the configured template.
-    pub fn image_name(&self, template: &NameTemplate) -> String {
-        template.render(
+    pub fn image_name(&self, template: &NameTemplate) -> ImageName {
+        ImageName(template.render(
             self.base.codename(),
             self.app_name.as_str(),
             self.arch.juju_name(),
-        )
+        ))
+    }
+}
+
+/// The Glance name of an image family's revisions: made only by the name
+/// template from a parsed [`ImageFamily`], so it always holds base, app name
+/// and arch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

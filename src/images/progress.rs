@@ -8,6 +8,24 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::names::ImageName;
+
+closed_set! {
+    /// What an upload is doing.
+    pub enum UploadPhase {
+        /// For the lock of its name: another upload of the name runs.
+        Waiting = "waiting",
+        /// Creating the image record.
+        Creating = "creating",
+        /// Sending the data.
+        Uploading = "uploading",
+        /// Waiting for Glance to call it active, then comparing hashes.
+        Verifying = "verifying",
+        /// Deleting old revisions.
+        Pruning = "pruning",
+    }
+}
+
 /// One upload under way.
 #[derive(Debug)]
 pub struct UploadProgress {
@@ -17,7 +35,7 @@ pub struct UploadProgress {
     /// The cloud it goes to.
     pub cloud: String,
     /// The image name.
-    pub name: String,
+    pub name: ImageName,
     /// The file's size.
     pub total_bytes: u64,
     /// Bytes handed to the HTTP client so far.
@@ -25,7 +43,7 @@ pub struct UploadProgress {
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// The Glance image id, once created, and what the upload is doing.
-    state: Mutex<(Option<String>, &'static str)>,
+    state: Mutex<(Option<String>, UploadPhase)>,
 }
 
 /// What `/v1/uploads` shows of an upload.
@@ -33,33 +51,33 @@ pub struct UploadProgress {
 pub struct UploadSnapshot {
     pub upload_id: String,
     pub cloud: String,
-    pub name: String,
+    pub name: ImageName,
     pub image_id: Option<String>,
-    pub phase: &'static str,
+    pub phase: UploadPhase,
     pub total_bytes: u64,
     pub sent_bytes: u64,
     pub started_at: DateTime<Utc>,
 }
 
 impl UploadProgress {
-    pub fn set_phase(&self, phase: &'static str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.1 = phase;
-        }
+    /// The state, even after a panic elsewhere left the lock poisoned (the
+    /// state is two plain values: always consistent).
+    fn state(&self) -> std::sync::MutexGuard<'_, (Option<String>, UploadPhase)> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_phase(&self, phase: UploadPhase) {
+        self.state().1 = phase;
     }
 
     pub fn set_image(&self, id: &str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.0 = Some(id.to_string());
-        }
+        self.state().0 = Some(id.to_string());
     }
 
     pub fn snapshot(&self) -> UploadSnapshot {
-        let (image_id, phase) = self
-            .state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or((None, "unknown"));
+        let (image_id, phase) = self.state().clone();
         UploadSnapshot {
             upload_id: self.upload_id.clone(),
             cloud: self.cloud.clone(),
@@ -98,17 +116,17 @@ impl InFlight {
         &self,
         upload_id: &str,
         cloud: &str,
-        name: &str,
+        name: &ImageName,
         total_bytes: u64,
     ) -> InFlightGuard<'_> {
         let progress = Arc::new(UploadProgress {
             upload_id: upload_id.to_string(),
             cloud: cloud.to_string(),
-            name: name.to_string(),
+            name: name.clone(),
             total_bytes,
             sent_bytes: Arc::new(AtomicU64::new(0)),
             started_at: Utc::now(),
-            state: Mutex::new((None, "waiting")),
+            state: Mutex::new((None, UploadPhase::Waiting)),
         });
         if let Ok(mut uploads) = self.uploads.lock() {
             uploads.insert(upload_id.to_string(), progress.clone());

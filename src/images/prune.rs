@@ -5,19 +5,13 @@ use chrono::{DateTime, Utc};
 
 use crate::openstack::glance::Image;
 
-/// Statuses of an image whose data is still (or was never) arriving. Only these
-/// count as an abandoned upload; `deactivated` is an operator's decision and is
-/// left alone, as are images already being deleted.
-pub const UPLOAD_STATUSES: &[&str] = &["queued", "saving", "uploading", "importing", "killed"];
-
-pub fn is_unfinished_upload(image: &Image) -> bool {
-    UPLOAD_STATUSES.contains(&image.status.as_str())
-}
-
-/// Whether an unfinished upload is old enough to be called abandoned.
+/// Whether an unfinished upload ([`is_unfinished_upload`]) is old
+/// enough to be called abandoned.
+///
+/// [`is_unfinished_upload`]: crate::openstack::glance::ImageStatus::is_unfinished_upload
 pub fn is_stale(image: &Image, now: DateTime<Utc>, stale_age: std::time::Duration) -> bool {
     let age = now.signed_duration_since(image.created_at);
-    is_unfinished_upload(image) && age.to_std().is_ok_and(|age| age > stale_age)
+    image.status.is_unfinished_upload() && age.to_std().is_ok_and(|age| age > stale_age)
 }
 
 /// The images of one name to delete, given every image of that name (any status):
@@ -63,14 +57,15 @@ pub fn plan_prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::openstack::glance::ImageStatus::{self, Active, Killed, Queued, Saving};
     use std::time::Duration;
 
-    fn image(id: &str, status: &str, minutes_ago: i64, protected: bool) -> Image {
+    fn image(id: &str, status: ImageStatus, minutes_ago: i64, protected: bool) -> Image {
         let now: DateTime<Utc> = "2026-11-27T12:00:00Z".parse().unwrap();
         Image {
             id: id.into(),
             name: Some("n".into()),
-            status: status.into(),
+            status,
             created_at: now - chrono::Duration::minutes(minutes_ago),
             size: None,
             checksum: None,
@@ -91,10 +86,10 @@ mod tests {
     #[test]
     fn keeps_the_newest_revisions_and_deletes_the_rest() {
         let images = vec![
-            image("new", "active", 0, false),
-            image("a", "active", 10, false),
-            image("b", "active", 20, false),
-            image("c", "active", 30, false),
+            image("new", Active, 0, false),
+            image("a", Active, 10, false),
+            image("b", Active, 20, false),
+            image("c", Active, 30, false),
         ];
         assert_eq!(plan_prune(&images, "new", 2, now(), HOUR), vec!["b", "c"]);
         assert_eq!(
@@ -107,8 +102,8 @@ mod tests {
     #[test]
     fn the_new_image_is_kept_even_when_another_is_newer() {
         let images = vec![
-            image("other", "active", 0, false),
-            image("new", "active", 1, false),
+            image("other", Active, 0, false),
+            image("new", Active, 1, false),
         ];
         assert_eq!(plan_prune(&images, "new", 1, now(), HOUR), vec!["other"]);
     }
@@ -116,9 +111,9 @@ mod tests {
     #[test]
     fn equal_creation_times_are_ordered_by_id() {
         let images = vec![
-            image("new", "active", 0, false),
-            image("a", "active", 10, false),
-            image("b", "active", 10, false),
+            image("new", Active, 0, false),
+            image("a", Active, 10, false),
+            image("b", Active, 10, false),
         ];
         assert_eq!(plan_prune(&images, "new", 2, now(), HOUR), vec!["a"]);
     }
@@ -126,10 +121,10 @@ mod tests {
     #[test]
     fn protected_images_count_but_are_never_deleted() {
         let images = vec![
-            image("new", "active", 0, false),
-            image("p", "active", 10, true),
-            image("a", "active", 20, false),
-            image("old-p", "active", 30, true),
+            image("new", Active, 0, false),
+            image("p", Active, 10, true),
+            image("a", Active, 20, false),
+            image("old-p", Active, 30, true),
         ];
         assert_eq!(plan_prune(&images, "new", 2, now(), HOUR), vec!["a"]);
     }
@@ -137,13 +132,13 @@ mod tests {
     #[test]
     fn young_unfinished_uploads_are_left_and_stale_ones_deleted() {
         let images = vec![
-            image("new", "active", 0, false),
-            image("young", "queued", 5, false),
-            image("saving", "saving", 59, false),
-            image("stale", "queued", 61, false),
-            image("killed", "killed", 120, false),
-            image("stale-protected", "queued", 120, true),
-            image("deactivated", "deactivated", 600, false),
+            image("new", Active, 0, false),
+            image("young", Queued, 5, false),
+            image("saving", Saving, 59, false),
+            image("stale", Queued, 61, false),
+            image("killed", Killed, 120, false),
+            image("stale-protected", Queued, 120, true),
+            image("deactivated", ImageStatus::Deactivated, 600, false),
         ];
         assert_eq!(
             plan_prune(&images, "new", 1, now(), HOUR),

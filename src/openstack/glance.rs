@@ -12,13 +12,127 @@ use serde::{Deserialize, Serialize};
 use super::session::Session;
 use super::{error_message_from_body, OpenStackError, Service};
 
+/// An image's status, as Glance reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageStatus {
+    /// Created, no data yet.
+    Queued,
+    /// Data arriving (`PUT .../file`).
+    Saving,
+    /// Data staged by the import workflow.
+    Uploading,
+    /// Being imported from the staging area.
+    Importing,
+    /// Complete and usable.
+    Active,
+    /// Usable no more by an operator's decision.
+    Deactivated,
+    /// The upload failed.
+    Killed,
+    /// Deleted (seen only with `delayed_delete`).
+    Deleted,
+    /// Awaiting the scrubber.
+    PendingDelete,
+    /// A status this daemon does not know (a newer Glance).
+    #[serde(other)]
+    Other,
+}
+
+impl ImageStatus {
+    /// As Glance writes it (`other` for one this daemon does not know).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStatus::Queued => "queued",
+            ImageStatus::Saving => "saving",
+            ImageStatus::Uploading => "uploading",
+            ImageStatus::Importing => "importing",
+            ImageStatus::Active => "active",
+            ImageStatus::Deactivated => "deactivated",
+            ImageStatus::Killed => "killed",
+            ImageStatus::Deleted => "deleted",
+            ImageStatus::PendingDelete => "pending_delete",
+            ImageStatus::Other => "other",
+        }
+    }
+
+    /// Data is still arriving, or never arrived: the statuses of an upload
+    /// under way or abandoned. `deactivated` is an operator's decision and is
+    /// left alone, as are images already being deleted.
+    pub fn is_unfinished_upload(self) -> bool {
+        matches!(
+            self,
+            ImageStatus::Queued
+                | ImageStatus::Saving
+                | ImageStatus::Uploading
+                | ImageStatus::Importing
+                | ImageStatus::Killed
+        )
+    }
+
+    /// Glance is still storing or processing data it received: worth waiting for.
+    pub fn is_processing(self) -> bool {
+        matches!(
+            self,
+            ImageStatus::Saving | ImageStatus::Uploading | ImageStatus::Importing
+        )
+    }
+}
+
+impl std::fmt::Display for ImageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+closed_set! {
+    /// A disk format Glance knows.
+    pub enum DiskFormat {
+        Ami = "ami",
+        Ari = "ari",
+        Aki = "aki",
+        Vhd = "vhd",
+        Vhdx = "vhdx",
+        Vmdk = "vmdk",
+        Raw = "raw",
+        Qcow2 = "qcow2",
+        Vdi = "vdi",
+        Iso = "iso",
+        Ploop = "ploop",
+    }
+}
+
+closed_set! {
+    /// A container format Glance knows.
+    pub enum ContainerFormat {
+        Bare = "bare",
+        Ovf = "ovf",
+        Aki = "aki",
+        Ari = "ari",
+        Ami = "ami",
+        Ova = "ova",
+        Docker = "docker",
+        Compressed = "compressed",
+    }
+}
+
+closed_set! {
+    /// Who may see an image.
+    pub enum Visibility {
+        Private = "private",
+        Shared = "shared",
+        Community = "community",
+        Public = "public",
+    }
+}
+
 /// An image as Glance describes it; only the fields the daemon reads are typed.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Image {
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
-    pub status: String,
+    pub status: ImageStatus,
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub size: Option<u64>,
@@ -39,7 +153,7 @@ pub struct Image {
 
 impl Image {
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == ImageStatus::Active
     }
 
     /// A custom property's value, if it is a string.
@@ -59,9 +173,9 @@ struct ImageList {
 #[derive(Debug, Clone, Serialize)]
 pub struct NewImage {
     pub name: String,
-    pub disk_format: String,
-    pub container_format: String,
-    pub visibility: String,
+    pub disk_format: DiskFormat,
+    pub container_format: ContainerFormat,
+    pub visibility: Visibility,
     #[serde(flatten)]
     pub properties: BTreeMap<String, String>,
 }
@@ -70,7 +184,7 @@ pub struct NewImage {
 #[derive(Debug, Default, Clone)]
 pub struct ImageQuery {
     pub name: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ImageStatus>,
     /// Custom property filters (`?key=value`).
     pub properties: Vec<(String, String)>,
     /// Stop after this many images (one page with `limit`).
@@ -160,8 +274,8 @@ impl Glance<'_> {
         if let Some(name) = &query.name {
             params.push(("name".into(), name.clone()));
         }
-        if let Some(status) = &query.status {
-            params.push(("status".into(), status.clone()));
+        if let Some(status) = query.status {
+            params.push(("status".into(), status.as_str().into()));
         }
         params.extend(query.properties.iter().cloned());
 
@@ -204,7 +318,7 @@ impl Glance<'_> {
     pub async fn latest_active(&self, name: &str) -> Result<Option<Image>, OpenStackError> {
         let query = ImageQuery {
             name: Some(name.to_string()),
-            status: Some("active".to_string()),
+            status: Some(ImageStatus::Active),
             limit: Some(1),
             ..ImageQuery::default()
         };
@@ -326,6 +440,33 @@ mod tests {
         let json = r#"{"id":"i","name":"n","status":"queued","created_at":"2026-01-01T00:00:00Z","protected":false,"image_helper_daemon_id":"d1","size":null}"#;
         let image: Image = serde_json::from_str(json).unwrap();
         assert_eq!(image.property("image_helper_daemon_id"), Some("d1"));
+        assert_eq!(image.status, ImageStatus::Queued);
         assert!(!image.is_active());
+    }
+
+    #[test]
+    fn a_status_glance_may_add_is_read_not_refused() {
+        let json = r#"{"id":"i","status":"quarantined","created_at":"2026-01-01T00:00:00Z"}"#;
+        let image: Image = serde_json::from_str(json).unwrap();
+        assert_eq!(image.status, ImageStatus::Other);
+        assert!(!image.status.is_unfinished_upload() && !image.is_active());
+        let json = r#"{"id":"i","status":"pending_delete","created_at":"2026-01-01T00:00:00Z"}"#;
+        let image: Image = serde_json::from_str(json).unwrap();
+        assert_eq!(image.status, ImageStatus::PendingDelete);
+    }
+
+    #[test]
+    fn closed_sets_parse_their_words_and_list_them_when_wrong() {
+        assert_eq!("qcow2".parse::<DiskFormat>().unwrap(), DiskFormat::Qcow2);
+        assert_eq!(ContainerFormat::Bare.to_string(), "bare");
+        let err = "everyone".parse::<Visibility>().unwrap_err();
+        assert_eq!(
+            err,
+            "'everyone' is not one of private, shared, community, public"
+        );
+        assert_eq!(
+            serde_json::to_string(&Visibility::Community).unwrap(),
+            r#""community""#
+        );
     }
 }
