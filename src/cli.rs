@@ -17,10 +17,10 @@ use crate::images::UploadFields;
 use crate::runtime::client_api_token;
 use crate::secret::Secret;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_DAEMON_ERROR: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_UNREACHABLE: i32 = 3;
+pub(crate) const EXIT_OK: i32 = 0;
+pub(crate) const EXIT_DAEMON_ERROR: i32 = 1;
+pub(crate) const EXIT_USAGE: i32 = 2;
+pub(crate) const EXIT_UNREACHABLE: i32 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,16 +28,16 @@ pub const EXIT_UNREACHABLE: i32 = 3;
     version,
     about = "Keeps a charm's OpenStack images: upload, verify, prune, latest."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The daemon's config file (clients read the address and API token from it).
     #[arg(long, global = true, env = "OPENSTACK_IMAGE_HELPER_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon in the foreground (systemd runs it).
     Serve,
     /// Print the id of the newest active image (an empty line when there is none).
@@ -53,37 +53,37 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct FamilyArgs {
+pub(crate) struct FamilyArgs {
     /// Ubuntu base: focal, jammy, noble, resolute (or 20.04, ...).
     #[arg(long)]
-    pub base: String,
+    pub(crate) base: String,
     /// The Juju application name.
     #[arg(long)]
-    pub app_name: String,
+    pub(crate) app_name: String,
     /// Architecture: x64, arm64, s390x, ppc64le.
     #[arg(long)]
-    pub arch: String,
+    pub(crate) arch: String,
     /// The cloud (default: the daemon's default cloud).
     #[arg(long)]
-    pub cloud: Option<String>,
+    pub(crate) cloud: Option<String>,
 }
 
 #[derive(Args, Debug)]
-pub struct UploadArgs {
+pub(crate) struct UploadArgs {
     #[command(flatten)]
-    pub family: FamilyArgs,
+    pub(crate) family: FamilyArgs,
     /// How many active revisions to keep, the new one included.
     #[arg(long)]
-    pub num_revisions: u32,
+    pub(crate) num_revisions: u32,
     /// The image file (inside one of the daemon's upload_dirs).
     #[arg(long)]
-    pub src_path: PathBuf,
+    pub(crate) src_path: PathBuf,
     /// qcow2, raw, ... (default: detected).
     #[arg(long)]
-    pub disk_format: Option<String>,
+    pub(crate) disk_format: Option<String>,
     /// Extra image property KEY=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_property)]
-    pub properties: Vec<(String, String)>,
+    pub(crate) properties: Vec<(String, String)>,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -176,7 +176,7 @@ async fn serve(config: Config) -> i32 {
 }
 
 /// A client of the daemon's API.
-pub struct ApiClient {
+pub(crate) struct ApiClient {
     http: reqwest::Client,
     base: String,
     token: Secret,
@@ -184,7 +184,7 @@ pub struct ApiClient {
 
 /// A failed client call, already sorted by exit code.
 #[derive(Debug)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// The daemon answered with an error (exit 1).
     Daemon {
         status: u16,
@@ -215,7 +215,7 @@ impl ClientError {
 }
 
 impl ApiClient {
-    pub fn from_config(config: &Config) -> Result<ApiClient, ClientError> {
+    pub(crate) fn from_config(config: &Config) -> Result<ApiClient, ClientError> {
         let token =
             client_api_token(config).map_err(|e| ClientError::Unreachable(e.to_string()))?;
         let builder = reqwest::Client::builder()
@@ -279,7 +279,11 @@ impl ApiClient {
         })
     }
 
-    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ClientError> {
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Value, ClientError> {
         self.send(
             self.request(reqwest::Method::GET, path)
                 .query(query)
@@ -379,7 +383,7 @@ async fn upload(config: &Config, args: UploadArgs) -> i32 {
         visibility: None,
         properties: args.properties.into_iter().collect(),
     };
-    let upload_id = crate::images::random_id();
+    let upload_id = crate::secret::random_hex(16);
     let request = client
         .request(reqwest::Method::POST, "/v1/images")
         .header("x-request-id", &upload_id)

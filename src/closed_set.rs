@@ -23,7 +23,7 @@ macro_rules! closed_set {
             pub(crate) const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The word as the contract (and Glance) writes it.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $( $name::$variant => $text, )+
                 }

@@ -402,7 +402,7 @@ mod tests {
             vec![PathBuf::from("/var/lib/openstack-image-helper/images")]
         );
         assert_eq!(
-            defaults.image_name_template.as_str(),
+            defaults.image_name_template.to_string(),
             "{base}-{app_name}-{arch}"
         );
         assert_eq!(defaults.token_refresh_margin, Duration::from_secs(600));

@@ -120,15 +120,15 @@ fn load_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), DaemonError> {
 }
 
 /// Everything `serve` builds before it accepts connections.
-pub struct App {
-    pub state: AppState,
-    pub reaper_interval: std::time::Duration,
+pub(crate) struct App {
+    pub(crate) state: AppState,
+    pub(crate) reaper_interval: std::time::Duration,
 }
 
 /// Does the start-up work of the contract and wires the services together. The
 /// sessions start authenticating in the background; Keystone being down is not
 /// an error (status says so, and they recover by themselves).
-pub fn build(config: &Config) -> Result<App, DaemonError> {
+pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
     let runtime = prepare_runtime(config)?;
     let (clouds_file, target) = load_clouds(config)?;
     let os_cloud = std::env::var("OS_CLOUD").ok().filter(|s| !s.is_empty());

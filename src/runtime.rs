@@ -10,10 +10,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::secret::Secret;
+use crate::secret::{random_hex, Secret};
 
 /// The name of the file in `state_dir` that holds this daemon's id.
-pub const DAEMON_ID_FILE: &str = "daemon-id";
+pub(crate) const DAEMON_ID_FILE: &str = "daemon-id";
 
 /// Everything that can go wrong with the files the daemon keeps.
 ///
@@ -68,21 +68,21 @@ pub enum RuntimeError {
 
 /// What [`prepare_runtime`] made or found: the values `serve` needs from disk.
 #[derive(Debug, Clone)]
-pub struct RuntimeFiles {
+pub(crate) struct RuntimeFiles {
     /// The bearer token clients must present.
-    pub api_token: Secret,
+    pub(crate) api_token: Secret,
     /// This daemon's id, put on the images it creates so the reaper deletes
     /// only its own abandoned uploads.
-    pub daemon_id: String,
+    pub(crate) daemon_id: String,
     /// `upload_dirs`, each canonicalized (symlinks followed), so a `src_path`
     /// is checked against the real location.
-    pub upload_dirs: Vec<PathBuf>,
+    pub(crate) upload_dirs: Vec<PathBuf>,
 }
 
 /// Does the contract's start-up work: creates the state dir (0700), the API
 /// token file (0600, random token) and the daemon id when missing, refuses a
 /// token file readable by others, and resolves `upload_dirs` (creating missing ones).
-pub fn prepare_runtime(config: &Config) -> Result<RuntimeFiles, RuntimeError> {
+pub(crate) fn prepare_runtime(config: &Config) -> Result<RuntimeFiles, RuntimeError> {
     ensure_private_dir("state_dir", &config.state_dir)?;
     let api_token = api_token_or_create(&config.api_token_file)?;
     let daemon_id = daemon_id_or_create(&config.state_dir.join(DAEMON_ID_FILE))?;
@@ -105,7 +105,7 @@ pub fn prepare_runtime(config: &Config) -> Result<RuntimeFiles, RuntimeError> {
 /// Unlike [`prepare_runtime`] it creates nothing and checks no modes: a client
 /// only needs to read what the daemon wrote (and may run as another user who
 /// was granted access on purpose).
-pub fn client_api_token(config: &Config) -> Result<Secret, RuntimeError> {
+pub(crate) fn client_api_token(config: &Config) -> Result<Secret, RuntimeError> {
     read_non_empty("api_token_file", &config.api_token_file).map(Secret::new)
 }
 
@@ -217,14 +217,6 @@ fn create_with_random_value(
         });
     }
     Ok(true)
-}
-
-/// `bytes` bytes from the thread-local CSPRNG (seeded from the OS), as lowercase hex.
-fn random_hex(bytes: usize) -> String {
-    use rand::Rng;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill(buf.as_mut_slice());
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file's content without surrounding whitespace; an empty file is an error.

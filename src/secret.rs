@@ -12,17 +12,13 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
     /// The value itself, for the one place that must send it (a request header or body).
     pub fn expose(&self) -> &str {
         &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -42,6 +38,15 @@ impl From<String> for Secret {
     fn from(value: String) -> Self {
         Secret(value)
     }
+}
+
+/// `bytes` bytes from the thread-local CSPRNG (seeded from the OS), as lowercase
+/// hex: API tokens, daemon and upload ids.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::Rng;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill(buf.as_mut_slice());
+    hex::encode(buf)
 }
 
 #[cfg(test)]

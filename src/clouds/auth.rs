@@ -10,7 +10,7 @@ use crate::secret::Secret;
 
 /// Keystone's default domain id, used when a user or project is named without
 /// a domain (as keystoneauth and the `openstack` CLI do).
-pub const DEFAULT_DOMAIN_ID: &str = "default";
+pub(crate) const DEFAULT_DOMAIN_ID: &str = "default";
 
 /// How to authenticate to Keystone (v3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,20 +46,11 @@ pub enum Auth {
 
 impl Auth {
     /// The Keystone endpoint.
-    pub fn auth_url(&self) -> &Url {
+    pub(crate) fn auth_url(&self) -> &Url {
         match self {
             Auth::Password { auth_url, .. }
             | Auth::ApplicationCredential { auth_url, .. }
             | Auth::Token { auth_url, .. } => auth_url,
-        }
-    }
-
-    /// The auth type's canonical name, for status and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Auth::Password { .. } => "password",
-            Auth::ApplicationCredential { .. } => "v3applicationcredential",
-            Auth::Token { .. } => "token",
         }
     }
 }
@@ -371,7 +362,7 @@ clouds:
         assert_eq!(cloud.interface, Interface::Public);
         assert_eq!(cloud.tls, TlsSettings::default());
         assert_eq!(cloud.image_endpoint_override, None);
-        assert_eq!(cloud.auth.kind(), "password");
+        assert!(matches!(cloud.auth, Auth::Password { .. }));
         assert_eq!(
             cloud.auth,
             Auth::Password {
@@ -511,7 +502,7 @@ clouds:
       application_credential_secret: shh
 "#,
         );
-        assert_eq!(cloud.auth.kind(), "v3applicationcredential");
+        assert!(matches!(cloud.auth, Auth::ApplicationCredential { .. }));
         assert_eq!(
             cloud.auth,
             Auth::ApplicationCredential {
@@ -570,7 +561,7 @@ clouds:
             let cloud = only_cloud(&format!(
                 "clouds:\n  c:\n    auth_type: {auth_type}\n    auth:\n      auth_url: https://k/v3\n      token: gAAAA-tok\n      project_id: p\n"
             ));
-            assert_eq!(cloud.auth.kind(), "token");
+            assert!(matches!(cloud.auth, Auth::Token { .. }));
             assert_eq!(
                 cloud.auth,
                 Auth::Token {

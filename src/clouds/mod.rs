@@ -222,7 +222,7 @@ pub enum Interface {
 
 impl Interface {
     /// The name the Keystone catalog uses.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Interface::Public => "public",
             Interface::Internal => "internal",
@@ -255,7 +255,7 @@ impl CloudsFile {
     }
 
     /// The clouds' names, in file order.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.clouds.iter().map(|cloud| cloud.name.clone()).collect()
     }
 
@@ -266,7 +266,7 @@ impl CloudsFile {
     /// `os_cloud` (the `OS_CLOUD` variable) when set, which must exist too (a
     /// silent fallback would upload to the wrong cloud); else the only cloud;
     /// else the first in file order, with a warning.
-    pub fn default_cloud(
+    pub(crate) fn default_cloud(
         &self,
         configured: Option<&str>,
         os_cloud: Option<&str>,

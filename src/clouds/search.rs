@@ -8,7 +8,7 @@ use super::settings::from_documents;
 use super::{CloudsError, CloudsFile};
 
 /// The system-wide directory at the end of openstacksdk's search path.
-pub const SYSTEM_CONFIG_DIR: &str = "/etc/openstack";
+pub(crate) const SYSTEM_CONFIG_DIR: &str = "/etc/openstack";
 
 /// The suffixes openstacksdk tries for `clouds.*` and `secure.*`, in order.
 const SUFFIXES: &[&str] = &["yaml", "yml", "json"];
@@ -18,8 +18,7 @@ impl CloudsFile {
     ///
     /// With `path`, that file, plus `secure.yaml` (or `secure.yml`) in the same
     /// directory when present. With `None`, openstacksdk's search path, using
-    /// the process's environment, `$HOME` and current directory (see
-    /// [`CloudsFile::load_from_search_path`]).
+    /// the process's environment, `$HOME` and current directory (see [`search`]).
     pub fn load(path: Option<&Path>) -> Result<CloudsFile, CloudsError> {
         match path {
             Some(path) => {
@@ -51,27 +50,18 @@ impl CloudsFile {
             }
         }
     }
-
-    /// openstacksdk's search, with the environment, home and current directory
-    /// passed in (so tests can drive it).
-    ///
-    /// clouds.yaml: `$OS_CLIENT_CONFIG_FILE`, then `clouds.{yaml,yml,json}` in
-    /// `cwd`, `$XDG_CONFIG_HOME/openstack`, `~/.config/openstack` and
-    /// `/etc/openstack`; the first that exists wins. secure.yaml is searched
-    /// the same way on its own (`$OS_CLIENT_SECURE_FILE` first), as openstacksdk
-    /// does, and merged over it. A file that exists but cannot be read for lack
-    /// of permission is skipped, as openstacksdk does.
-    pub fn load_from_search_path(
-        env: &dyn Fn(&str) -> Option<String>,
-        home: Option<&Path>,
-        cwd: &Path,
-    ) -> Result<CloudsFile, CloudsError> {
-        search(env, home, Some(cwd), &[PathBuf::from(SYSTEM_CONFIG_DIR)])
-    }
 }
 
-/// The search behind [`CloudsFile::load`] and [`CloudsFile::load_from_search_path`];
-/// `system_dirs` is a parameter so tests need not depend on /etc.
+/// openstacksdk's search behind [`CloudsFile::load`], with the environment,
+/// home, current directory and system directories passed in (so tests can
+/// drive it without depending on /etc).
+///
+/// clouds.yaml: `$OS_CLIENT_CONFIG_FILE`, then `clouds.{yaml,yml,json}` in
+/// `cwd`, `$XDG_CONFIG_HOME/openstack`, `~/.config/openstack` and
+/// `/etc/openstack`; the first that exists wins. secure.yaml is searched
+/// the same way on its own (`$OS_CLIENT_SECURE_FILE` first), as openstacksdk
+/// does, and merged over it. A file that exists but cannot be read for lack
+/// of permission is skipped, as openstacksdk does.
 fn search(
     env: &dyn Fn(&str) -> Option<String>,
     home: Option<&Path>,

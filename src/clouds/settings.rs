@@ -13,7 +13,7 @@ impl CloudsFile {
     /// optional secure.yaml document deep-merged over it: mappings are merged
     /// key by key, anything else in secure.yaml replaces what clouds.yaml had.
     /// `origin` is the file the document came from, for messages.
-    pub fn parse(
+    pub(crate) fn parse(
         text: &str,
         secure: Option<&str>,
         origin: Option<&Path>,

@@ -10,11 +10,11 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 
 /// The most a request body may hold.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// `Json<T>`: over 1 MiB is `413 request_too_large`; not JSON, a wrong type or an
 /// unknown field is `400 invalid_request` (with serde's words on what was wrong).
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -45,7 +45,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 }
 
 /// The body as UTF-8 text, at most [`MAX_BODY`].
-pub struct TextBody(pub String);
+pub(crate) struct TextBody(pub String);
 
 impl<S> FromRequest<S> for TextBody
 where
@@ -71,7 +71,7 @@ where
 }
 
 /// `Query<T>` with a `400 invalid_request` rejection.
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where

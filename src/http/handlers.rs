@@ -13,15 +13,15 @@ use super::AppState;
 use crate::images::names::ImageFamily;
 use crate::images::{LatestImage, UploadFields, UploadOutcome, UploadRequest};
 
-pub async fn health() -> Json<Value> {
+pub(crate) async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn status(State(state): State<AppState>) -> Json<Value> {
     // One snapshot: the clouds and the default from the same set, even while a
     // PUT /v1/clouds replaces it.
     let set = state.clouds.snapshot();
@@ -35,12 +35,12 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub async fn uploads(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn uploads(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "uploads": state.images.in_flight().list() }))
 }
 
 /// `PUT /v1/clouds`: YAML or JSON (JSON is YAML), so any content type is read as text.
-pub async fn put_clouds(
+pub(crate) async fn put_clouds(
     State(state): State<AppState>,
     TextBody(document): TextBody,
 ) -> Result<Json<Value>, ApiError> {
@@ -49,7 +49,7 @@ pub async fn put_clouds(
 }
 
 #[derive(Deserialize)]
-pub struct LatestParams {
+pub(crate) struct LatestParams {
     base: Option<String>,
     app_name: Option<String>,
     arch: Option<String>,
@@ -60,7 +60,7 @@ fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
     value.ok_or_else(|| ApiError::invalid_request(format!("{field}: missing query parameter")))
 }
 
-pub async fn latest(
+pub(crate) async fn latest(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<LatestParams>,
 ) -> Result<Json<LatestImage>, ApiError> {
@@ -89,7 +89,7 @@ fn upload_id(headers: &HeaderMap) -> Option<String> {
     sane.then(|| id.to_string())
 }
 
-pub async fn upload(
+pub(crate) async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(fields): ApiJson<UploadFields>,

@@ -4,8 +4,8 @@
 //! reject with the contract's codes in [`extract`]. This layer never builds a Glance
 //! URL: it calls [`ImageService`] and [`CloudRegistry`].
 
-pub mod error;
-pub mod extract;
+pub(crate) mod error;
+pub(crate) mod extract;
 mod handlers;
 
 use std::sync::Arc;
@@ -25,17 +25,17 @@ use error::ApiError;
 
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The image operations.
-    pub images: Arc<ImageService>,
+    pub(crate) images: Arc<ImageService>,
     /// The clouds in force.
-    pub clouds: Arc<CloudRegistry>,
+    pub(crate) clouds: Arc<CloudRegistry>,
     /// The bearer token clients must present (`api_token_file`).
-    pub api_token: Arc<Secret>,
+    pub(crate) api_token: Arc<Secret>,
 }
 
 /// The router with every route; `/v1/health` is the only one without auth.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/status", get(handlers::status))
         .route("/v1/clouds", put(handlers::put_clouds))

@@ -4,10 +4,10 @@
 //! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
 //! into [`UploadRequest`]s and [`ImageError`]s into status codes.
 
-pub mod names;
-pub mod progress;
-pub mod prune;
-pub mod source;
+pub(crate) mod names;
+pub(crate) mod progress;
+pub(crate) mod prune;
+pub(crate) mod source;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -24,14 +24,15 @@ use crate::openstack::glance::{
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
+use crate::secret::random_hex;
 use names::{FieldError, ImageFamily, ImageName, NameTemplate};
 use progress::{InFlight, UploadPhase, UploadProgress};
 use source::{HashAlgo, SourceError, SourceFile};
 
 /// The property that marks images made by this daemon installation (its daemon id).
-pub const MARKER_DAEMON: &str = "image_helper_daemon_id";
+pub(crate) const MARKER_DAEMON: &str = "image_helper_daemon_id";
 /// The property that says which upload made an image.
-pub const MARKER_UPLOAD: &str = "image_helper_upload_id";
+pub(crate) const MARKER_UPLOAD: &str = "image_helper_upload_id";
 
 /// Properties the daemon sets itself; a request may not.
 const OWN_PROPERTIES: &[&str] = &[
@@ -72,21 +73,21 @@ const CORE_ATTRIBUTES: &[&str] = &[
 
 /// The daemon config's settings for images.
 #[derive(Debug, Clone)]
-pub struct ImageSettings {
+pub(crate) struct ImageSettings {
     /// `image_name_template`.
-    pub template: NameTemplate,
+    pub(crate) template: NameTemplate,
     /// `stale_upload_age`: an unfinished upload older than this is abandoned.
-    pub stale_upload_age: Duration,
+    pub(crate) stale_upload_age: Duration,
     /// `upload_stall_timeout`: no byte progress for this long aborts an upload.
-    pub upload_stall_timeout: Duration,
+    pub(crate) upload_stall_timeout: Duration,
     /// This installation's id, the value of [`MARKER_DAEMON`].
-    pub daemon_id: String,
+    pub(crate) daemon_id: String,
     /// `upload_dirs`, resolved at start-up.
-    pub upload_dirs: Vec<PathBuf>,
+    pub(crate) upload_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub(crate) enum ImageError {
     #[error("{0}")]
     Invalid(#[from] FieldError),
     #[error(transparent)]
@@ -123,52 +124,55 @@ pub enum ImageError {
 
 /// The answer to "latest": the image name always, the image when there is one.
 #[derive(Debug, Clone, Serialize)]
-pub struct LatestImage {
-    pub id: Option<String>,
-    pub name: ImageName,
-    pub created_at: Option<DateTime<Utc>>,
+pub(crate) struct LatestImage {
+    pub(crate) id: Option<String>,
+    pub(crate) name: ImageName,
+    pub(crate) created_at: Option<DateTime<Utc>>,
 }
 
 /// The fields of an upload request as they arrive (JSON), before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UploadFields {
-    pub base: String,
-    pub app_name: String,
-    pub arch: String,
-    pub num_revisions: u32,
-    pub src_path: PathBuf,
+pub(crate) struct UploadFields {
+    pub(crate) base: String,
+    pub(crate) app_name: String,
+    pub(crate) arch: String,
+    pub(crate) num_revisions: u32,
+    pub(crate) src_path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud: Option<String>,
+    pub(crate) cloud: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_format: Option<String>,
+    pub(crate) disk_format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_format: Option<String>,
+    pub(crate) container_format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub visibility: Option<String>,
+    pub(crate) visibility: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub properties: BTreeMap<String, String>,
+    pub(crate) properties: BTreeMap<String, String>,
 }
 
 /// A validated upload request.
 #[derive(Debug, Clone)]
-pub struct UploadRequest {
-    pub family: ImageFamily,
-    pub num_revisions: u32,
-    pub src_path: PathBuf,
-    pub cloud: Option<String>,
+pub(crate) struct UploadRequest {
+    pub(crate) family: ImageFamily,
+    pub(crate) num_revisions: u32,
+    pub(crate) src_path: PathBuf,
+    pub(crate) cloud: Option<String>,
     /// `None`: detected from the file (qcow2 or raw).
-    pub disk_format: Option<DiskFormat>,
-    pub container_format: ContainerFormat,
-    pub visibility: Visibility,
-    pub properties: BTreeMap<String, String>,
+    pub(crate) disk_format: Option<DiskFormat>,
+    pub(crate) container_format: ContainerFormat,
+    pub(crate) visibility: Visibility,
+    pub(crate) properties: BTreeMap<String, String>,
     /// Identifies the upload in `/v1/uploads` and in the image's marker.
-    pub upload_id: String,
+    pub(crate) upload_id: String,
 }
 
 impl UploadRequest {
     /// Validates every field as the contract says.
-    pub fn parse(fields: UploadFields, upload_id: Option<String>) -> Result<Self, FieldError> {
+    pub(crate) fn parse(
+        fields: UploadFields,
+        upload_id: Option<String>,
+    ) -> Result<Self, FieldError> {
         let family = ImageFamily::parse(&fields.base, &fields.app_name, &fields.arch)?;
         if fields.num_revisions < 1 {
             return Err(FieldError::new("num_revisions", "must be at least 1"));
@@ -212,7 +216,7 @@ impl UploadRequest {
             container_format,
             visibility,
             properties: fields.properties,
-            upload_id: upload_id.unwrap_or_else(random_id),
+            upload_id: upload_id.unwrap_or_else(|| random_hex(16)),
         })
     }
 }
@@ -230,36 +234,31 @@ fn parse_field<T: std::str::FromStr<Err = String>>(
         .transpose()
 }
 
-/// A random 128-bit id in hex.
-pub fn random_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
 /// An image that could not be pruned, and why.
 #[derive(Debug, Clone, Serialize)]
-pub struct PruneFailure {
-    pub id: String,
-    pub message: String,
+pub(crate) struct PruneFailure {
+    pub(crate) id: String,
+    pub(crate) message: String,
 }
 
 /// The answer to a successful upload.
 #[derive(Debug, Clone, Serialize)]
-pub struct UploadOutcome {
-    pub id: String,
-    pub name: ImageName,
-    pub status: ImageStatus,
-    pub size: u64,
-    pub checksum: String,
-    pub os_hash_algo: String,
-    pub os_hash_value: String,
-    pub pruned: Vec<String>,
+pub(crate) struct UploadOutcome {
+    pub(crate) id: String,
+    pub(crate) name: ImageName,
+    pub(crate) status: ImageStatus,
+    pub(crate) size: u64,
+    pub(crate) checksum: String,
+    pub(crate) os_hash_algo: String,
+    pub(crate) os_hash_value: String,
+    pub(crate) pruned: Vec<String>,
     /// Extension: old images whose deletion failed (the upload itself succeeded).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub prune_failed: Vec<PruneFailure>,
+    pub(crate) prune_failed: Vec<PruneFailure>,
     /// Extension: the cloud it went to.
-    pub cloud: String,
+    pub(crate) cloud: String,
     /// Extension: the upload's id (also the image's upload marker).
-    pub upload_id: String,
+    pub(crate) upload_id: String,
 }
 
 /// Held while an upload of one name to one cloud runs.
@@ -267,7 +266,7 @@ type NameLock = Arc<tokio::sync::Mutex<()>>;
 
 /// The image operations, shared by every request.
 #[derive(Debug)]
-pub struct ImageService {
+pub(crate) struct ImageService {
     settings: ImageSettings,
     clouds: Arc<CloudRegistry>,
     /// One lock per (cloud, image name): uploads of a name run one at a time.
@@ -279,7 +278,7 @@ pub struct ImageService {
 }
 
 impl ImageService {
-    pub fn new(settings: ImageSettings, clouds: Arc<CloudRegistry>) -> Arc<ImageService> {
+    pub(crate) fn new(settings: ImageSettings, clouds: Arc<CloudRegistry>) -> Arc<ImageService> {
         Arc::new(ImageService {
             settings,
             clouds,
@@ -289,20 +288,12 @@ impl ImageService {
         })
     }
 
-    pub fn clouds(&self) -> &Arc<CloudRegistry> {
-        &self.clouds
-    }
-
-    pub fn in_flight(&self) -> &InFlight {
+    pub(crate) fn in_flight(&self) -> &InFlight {
         &self.in_flight
     }
 
-    pub fn settings(&self) -> &ImageSettings {
-        &self.settings
-    }
-
     /// The newest active image of a family: one server-side Glance query.
-    pub async fn latest(
+    pub(crate) async fn latest(
         &self,
         cloud: Option<&str>,
         family: &ImageFamily,
@@ -323,7 +314,7 @@ impl ImageService {
 
     /// Uploads a new revision, verifies it, then prunes. The work runs in its own
     /// task: a client that hangs up must not leave a half-made image behind.
-    pub async fn upload(
+    pub(crate) async fn upload(
         self: &Arc<Self>,
         request: UploadRequest,
     ) -> Result<UploadOutcome, ImageError> {
@@ -627,7 +618,7 @@ impl ImageService {
     /// Deletes this daemon's abandoned uploads (non-active, older than
     /// `stale_upload_age`, carrying our marker) in every cloud. Never an image
     /// without our marker, never one this process is uploading now.
-    pub async fn reap(&self) -> Vec<String> {
+    pub(crate) async fn reap(&self) -> Vec<String> {
         let mut reaped = Vec::new();
         for session in self.clouds.sessions() {
             match self.reap_cloud(&session).await {
@@ -671,7 +662,7 @@ impl ImageService {
     }
 
     /// Runs the reaper now and then every `interval`, until the task is dropped.
-    pub async fn run_reaper(self: Arc<Self>, interval: Duration) {
+    pub(crate) async fn run_reaper(self: Arc<Self>, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

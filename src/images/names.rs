@@ -7,13 +7,13 @@ use std::str::FromStr;
 /// An invalid field of a request: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
-pub struct FieldError {
-    pub field: &'static str,
-    pub reason: String,
+pub(crate) struct FieldError {
+    pub(crate) field: &'static str,
+    pub(crate) reason: String,
 }
 
 impl FieldError {
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
         FieldError {
             field,
             reason: reason.into(),
@@ -23,7 +23,7 @@ impl FieldError {
 
 /// An Ubuntu base the charms build images of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Base {
+pub(crate) enum Base {
     Focal,
     Jammy,
     Noble,
@@ -34,7 +34,7 @@ impl Base {
     const ALL: [Base; 4] = [Base::Focal, Base::Jammy, Base::Noble, Base::Resolute];
 
     /// The codename, used in image names.
-    pub fn codename(self) -> &'static str {
+    pub(crate) fn codename(self) -> &'static str {
         match self {
             Base::Focal => "focal",
             Base::Jammy => "jammy",
@@ -44,7 +44,7 @@ impl Base {
     }
 
     /// The `os_version` property Glance and Nova use.
-    pub fn version(self) -> &'static str {
+    pub(crate) fn version(self) -> &'static str {
         match self {
             Base::Focal => "20.04",
             Base::Jammy => "22.04",
@@ -77,7 +77,7 @@ impl fmt::Display for Base {
 
 /// A machine architecture as Juju names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
+pub(crate) enum Arch {
     X64,
     Arm64,
     S390x,
@@ -88,7 +88,7 @@ impl Arch {
     const ALL: [Arch; 4] = [Arch::X64, Arch::Arm64, Arch::S390x, Arch::Ppc64le];
 
     /// Juju's name, used in image names.
-    pub fn juju_name(self) -> &'static str {
+    pub(crate) fn juju_name(self) -> &'static str {
         match self {
             Arch::X64 => "x64",
             Arch::Arm64 => "arm64",
@@ -98,7 +98,7 @@ impl Arch {
     }
 
     /// The `architecture` property Nova's scheduler matches against hosts.
-    pub fn glance_architecture(self) -> &'static str {
+    pub(crate) fn glance_architecture(self) -> &'static str {
         match self {
             Arch::X64 => "x86_64",
             Arch::Arm64 => "aarch64",
@@ -132,12 +132,12 @@ impl fmt::Display for Arch {
 /// A Juju application name: `^[a-z][a-z0-9]*(-[a-z0-9]*[a-z][a-z0-9]*)*$`, at most
 /// 63 characters (every hyphen-separated part holds a letter).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AppName(String);
+pub(crate) struct AppName(String);
 
 impl AppName {
-    pub const MAX_LEN: usize = 63;
+    pub(crate) const MAX_LEN: usize = 63;
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -183,14 +183,14 @@ impl fmt::Display for AppName {
 
 /// The image family a request is about: base, application and architecture.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ImageFamily {
-    pub base: Base,
-    pub app_name: AppName,
-    pub arch: Arch,
+pub(crate) struct ImageFamily {
+    pub(crate) base: Base,
+    pub(crate) app_name: AppName,
+    pub(crate) arch: Arch,
 }
 
 impl ImageFamily {
-    pub fn parse(base: &str, app_name: &str, arch: &str) -> Result<Self, FieldError> {
+    pub(crate) fn parse(base: &str, app_name: &str, arch: &str) -> Result<Self, FieldError> {
         Ok(ImageFamily {
             base: base.parse()?,
             app_name: app_name.parse()?,
@@ -199,7 +199,7 @@ impl ImageFamily {
     }
 
     /// The Glance image name by the configured template.
-    pub fn image_name(&self, template: &NameTemplate) -> ImageName {
+    pub(crate) fn image_name(&self, template: &NameTemplate) -> ImageName {
         ImageName(template.render(
             self.base.codename(),
             self.app_name.as_str(),
@@ -213,10 +213,10 @@ impl ImageFamily {
 /// and arch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(transparent)]
-pub struct ImageName(String);
+pub(crate) struct ImageName(String);
 
 impl ImageName {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -262,7 +262,7 @@ pub struct NameTemplate {
 
 impl NameTemplate {
     /// The image name for these values.
-    pub fn render(&self, base: &str, app_name: &str, arch: &str) -> String {
+    pub(crate) fn render(&self, base: &str, app_name: &str, arch: &str) -> String {
         let mut name = String::new();
         for part in &self.parts {
             name.push_str(match part {
@@ -273,11 +273,6 @@ impl NameTemplate {
             });
         }
         name
-    }
-
-    /// The template as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
     }
 }
 
@@ -434,7 +429,7 @@ mod tests {
             template.render("jammy", "a", "arm64"),
             "charm/a_arm64@jammyjammy"
         );
-        assert_eq!(template.as_str(), "charm/{app_name}_{arch}@{base}{base}");
+        assert_eq!(template.to_string(), "charm/{app_name}_{arch}@{base}{base}");
     }
 
     #[test]

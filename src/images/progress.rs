@@ -12,7 +12,7 @@ use super::names::ImageName;
 
 closed_set! {
     /// What an upload is doing.
-    pub enum UploadPhase {
+    pub(crate) enum UploadPhase {
         /// For the lock of its name: another upload of the name runs.
         Waiting = "waiting",
         /// Creating the image record.
@@ -28,35 +28,35 @@ closed_set! {
 
 /// One upload under way.
 #[derive(Debug)]
-pub struct UploadProgress {
+pub(crate) struct UploadProgress {
     /// The upload's id (the caller's `X-Request-Id`, or a random one); also the
     /// value of the image's upload marker.
-    pub upload_id: String,
+    pub(crate) upload_id: String,
     /// The cloud it goes to.
-    pub cloud: String,
+    pub(crate) cloud: String,
     /// The image name.
-    pub name: ImageName,
+    pub(crate) name: ImageName,
     /// The file's size.
-    pub total_bytes: u64,
+    pub(crate) total_bytes: u64,
     /// Bytes handed to the HTTP client so far.
-    pub sent_bytes: Arc<AtomicU64>,
+    pub(crate) sent_bytes: Arc<AtomicU64>,
     /// When it started.
-    pub started_at: DateTime<Utc>,
+    pub(crate) started_at: DateTime<Utc>,
     /// The Glance image id, once created, and what the upload is doing.
     state: Mutex<(Option<String>, UploadPhase)>,
 }
 
 /// What `/v1/uploads` shows of an upload.
 #[derive(Debug, Clone, Serialize)]
-pub struct UploadSnapshot {
-    pub upload_id: String,
-    pub cloud: String,
-    pub name: ImageName,
-    pub image_id: Option<String>,
-    pub phase: UploadPhase,
-    pub total_bytes: u64,
-    pub sent_bytes: u64,
-    pub started_at: DateTime<Utc>,
+pub(crate) struct UploadSnapshot {
+    pub(crate) upload_id: String,
+    pub(crate) cloud: String,
+    pub(crate) name: ImageName,
+    pub(crate) image_id: Option<String>,
+    pub(crate) phase: UploadPhase,
+    pub(crate) total_bytes: u64,
+    pub(crate) sent_bytes: u64,
+    pub(crate) started_at: DateTime<Utc>,
 }
 
 impl UploadProgress {
@@ -68,15 +68,15 @@ impl UploadProgress {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn set_phase(&self, phase: UploadPhase) {
+    pub(crate) fn set_phase(&self, phase: UploadPhase) {
         self.state().1 = phase;
     }
 
-    pub fn set_image(&self, id: &str) {
+    pub(crate) fn set_image(&self, id: &str) {
         self.state().0 = Some(id.to_string());
     }
 
-    pub fn snapshot(&self) -> UploadSnapshot {
+    pub(crate) fn snapshot(&self) -> UploadSnapshot {
         let (image_id, phase) = self.state().clone();
         UploadSnapshot {
             upload_id: self.upload_id.clone(),
@@ -93,14 +93,14 @@ impl UploadProgress {
 
 /// The uploads under way in this daemon.
 #[derive(Debug, Default)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     uploads: Mutex<HashMap<String, Arc<UploadProgress>>>,
 }
 
 /// Removes its upload from [`InFlight`] when dropped, however the upload ends.
-pub struct InFlightGuard<'a> {
+pub(crate) struct InFlightGuard<'a> {
     registry: &'a InFlight,
-    pub progress: Arc<UploadProgress>,
+    pub(crate) progress: Arc<UploadProgress>,
 }
 
 impl Drop for InFlightGuard<'_> {
@@ -112,7 +112,7 @@ impl Drop for InFlightGuard<'_> {
 }
 
 impl InFlight {
-    pub fn start(
+    pub(crate) fn start(
         &self,
         upload_id: &str,
         cloud: &str,
@@ -137,7 +137,7 @@ impl InFlight {
         }
     }
 
-    pub fn list(&self) -> Vec<UploadSnapshot> {
+    pub(crate) fn list(&self) -> Vec<UploadSnapshot> {
         let mut list: Vec<UploadSnapshot> = self
             .uploads
             .lock()
@@ -147,12 +147,12 @@ impl InFlight {
         list
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.uploads.lock().map(|u| u.len()).unwrap_or(0)
     }
 
     /// Whether an image is being uploaded by this daemon right now.
-    pub fn has_image(&self, image_id: &str) -> bool {
+    pub(crate) fn has_image(&self, image_id: &str) -> bool {
         self.list()
             .iter()
             .any(|u| u.image_id.as_deref() == Some(image_id))

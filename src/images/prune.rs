@@ -9,7 +9,7 @@ use crate::openstack::glance::Image;
 /// enough to be called abandoned.
 ///
 /// [`is_unfinished_upload`]: crate::openstack::glance::ImageStatus::is_unfinished_upload
-pub fn is_stale(image: &Image, now: DateTime<Utc>, stale_age: std::time::Duration) -> bool {
+pub(crate) fn is_stale(image: &Image, now: DateTime<Utc>, stale_age: std::time::Duration) -> bool {
     let age = now.signed_duration_since(image.created_at);
     image.status.is_unfinished_upload() && age.to_std().is_ok_and(|age| age > stale_age)
 }
@@ -22,7 +22,7 @@ pub fn is_stale(image: &Image, now: DateTime<Utc>, stale_age: std::time::Duratio
 /// - unfinished uploads older than `stale_age` go (whoever made them); younger
 ///   ones are never touched: another unit may be uploading;
 /// - the new image is never deleted.
-pub fn plan_prune(
+pub(crate) fn plan_prune(
     images: &[Image],
     new_id: &str,
     num_revisions: u32,

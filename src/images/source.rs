@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::openstack::glance::DiskFormat;
 
 /// Read block size: 4 KiB reads gave 379 MB/s over loopback, 256 KiB 3.2 GB/s.
-pub const READ_BLOCK: usize = 256 * 1024;
+pub(crate) const READ_BLOCK: usize = 256 * 1024;
 /// Blocks read ahead of the network: enough to keep the socket busy, little memory.
 const READ_AHEAD: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("src_path '{0}' must be an absolute path")]
     NotAbsolute(PathBuf),
     #[error("src_path '{path}' resolves to '{resolved}', outside the upload directories")]
@@ -38,7 +38,7 @@ pub enum SourceError {
 /// `path` with symlinks followed as far as it exists, and the rest normalised by
 /// hand, so that a path that does not exist is still judged by where it would be:
 /// the contract decides `path_not_allowed` before `file_not_found`.
-pub fn resolve(path: &Path) -> Result<PathBuf, SourceError> {
+pub(crate) fn resolve(path: &Path) -> Result<PathBuf, SourceError> {
     if !path.is_absolute() {
         return Err(SourceError::NotAbsolute(path.to_path_buf()));
     }
@@ -60,7 +60,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf, SourceError> {
 }
 
 /// Whether a resolved path lies inside one of the (canonical) upload directories.
-pub fn is_allowed(resolved: &Path, upload_dirs: &[PathBuf]) -> bool {
+pub(crate) fn is_allowed(resolved: &Path, upload_dirs: &[PathBuf]) -> bool {
     upload_dirs
         .iter()
         .any(|dir| resolved.starts_with(dir) && resolved != dir.as_path())
@@ -68,13 +68,13 @@ pub fn is_allowed(resolved: &Path, upload_dirs: &[PathBuf]) -> bool {
 
 /// An open, regular image file.
 #[derive(Debug)]
-pub struct SourceFile {
+pub(crate) struct SourceFile {
     /// The resolved path, for messages.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Open before anything is sent, so the file cannot be swapped afterwards.
-    pub file: File,
+    pub(crate) file: File,
     /// The size at open time; the upload declares it and checks it.
-    pub size: u64,
+    pub(crate) size: u64,
 }
 
 impl SourceFile {
@@ -82,7 +82,7 @@ impl SourceFile {
     /// `NotFound` (the contract's `file_not_found`). The file is opened without
     /// following a symlink and without blocking (a FIFO would block `open`), and
     /// checked again after opening.
-    pub fn open(path: &Path) -> Result<SourceFile, SourceError> {
+    pub(crate) fn open(path: &Path) -> Result<SourceFile, SourceError> {
         let not_found = |reason: String| SourceError::NotFound {
             path: path.to_path_buf(),
             reason,
@@ -112,7 +112,7 @@ impl SourceFile {
 
     /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`.
     /// Glance inspects uploads against the declared format, so this must be right.
-    pub fn detect_disk_format(&self) -> DiskFormat {
+    pub(crate) fn detect_disk_format(&self) -> DiskFormat {
         let mut magic = [0u8; 4];
         match self.file.read_at(&mut magic, 0) {
             Ok(4) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
@@ -141,14 +141,14 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
 
 /// The hash Glance reports as `os_hash_algo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashAlgo {
+pub(crate) enum HashAlgo {
     Sha256,
     Sha384,
     Sha512,
 }
 
 impl HashAlgo {
-    pub fn parse(name: &str) -> Option<HashAlgo> {
+    pub(crate) fn parse(name: &str) -> Option<HashAlgo> {
         match name {
             "sha256" => Some(HashAlgo::Sha256),
             "sha384" => Some(HashAlgo::Sha384),
@@ -157,7 +157,7 @@ impl HashAlgo {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             HashAlgo::Sha256 => "sha256",
             HashAlgo::Sha384 => "sha384",
@@ -176,16 +176,16 @@ impl HashAlgo {
 
 /// What the file's bytes hash to, as Glance reports them (lowercase hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digests {
-    pub size: u64,
-    pub md5: String,
-    pub algo: HashAlgo,
-    pub os_hash_value: String,
+pub(crate) struct Digests {
+    pub(crate) size: u64,
+    pub(crate) md5: String,
+    pub(crate) algo: HashAlgo,
+    pub(crate) os_hash_value: String,
 }
 
 /// Hashes a whole file from the start (the fallback when Glance turns out to use
 /// another `os_hash_algo` than the one computed while streaming).
-pub fn hash_file(file: &File, algo: HashAlgo) -> std::io::Result<String> {
+pub(crate) fn hash_file(file: &File, algo: HashAlgo) -> std::io::Result<String> {
     let mut ctx = aws_lc_rs::digest::Context::new(algo.algorithm());
     let mut buf = vec![0u8; READ_BLOCK];
     let mut offset = 0u64;
@@ -205,7 +205,7 @@ pub fn hash_file(file: &File, algo: HashAlgo) -> std::io::Result<String> {
 /// `progress` counts the bytes taken by the HTTP client. The file must end exactly
 /// at its size at open time: a file that shrinks or grows fails the body (so the
 /// upload fails) and the digests.
-pub fn stream_with_digests(
+pub(crate) fn stream_with_digests(
     source: SourceFile,
     algo: HashAlgo,
     progress: Arc<AtomicU64>,

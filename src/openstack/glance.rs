@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::session::Session;
+use super::session::{Session, Via};
 use super::{error_message_from_body, OpenStackError, Service};
 
 /// An image's status, as Glance reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ImageStatus {
+pub(crate) enum ImageStatus {
     /// Created, no data yet.
     Queued,
     /// Data arriving (`PUT .../file`).
@@ -41,7 +41,7 @@ pub enum ImageStatus {
 
 impl ImageStatus {
     /// As Glance writes it (`other` for one this daemon does not know).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ImageStatus::Queued => "queued",
             ImageStatus::Saving => "saving",
@@ -59,7 +59,7 @@ impl ImageStatus {
     /// Data is still arriving, or never arrived: the statuses of an upload
     /// under way or abandoned. `deactivated` is an operator's decision and is
     /// left alone, as are images already being deleted.
-    pub fn is_unfinished_upload(self) -> bool {
+    pub(crate) fn is_unfinished_upload(self) -> bool {
         matches!(
             self,
             ImageStatus::Queued
@@ -71,7 +71,7 @@ impl ImageStatus {
     }
 
     /// Glance is still storing or processing data it received: worth waiting for.
-    pub fn is_processing(self) -> bool {
+    pub(crate) fn is_processing(self) -> bool {
         matches!(
             self,
             ImageStatus::Saving | ImageStatus::Uploading | ImageStatus::Importing
@@ -87,7 +87,7 @@ impl std::fmt::Display for ImageStatus {
 
 closed_set! {
     /// A disk format Glance knows.
-    pub enum DiskFormat {
+    pub(crate) enum DiskFormat {
         Ami = "ami",
         Ari = "ari",
         Aki = "aki",
@@ -104,7 +104,7 @@ closed_set! {
 
 closed_set! {
     /// A container format Glance knows.
-    pub enum ContainerFormat {
+    pub(crate) enum ContainerFormat {
         Bare = "bare",
         Ovf = "ovf",
         Aki = "aki",
@@ -118,7 +118,7 @@ closed_set! {
 
 closed_set! {
     /// Who may see an image.
-    pub enum Visibility {
+    pub(crate) enum Visibility {
         Private = "private",
         Shared = "shared",
         Community = "community",
@@ -128,36 +128,36 @@ closed_set! {
 
 /// An image as Glance describes it; only the fields the daemon reads are typed.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-pub struct Image {
-    pub id: String,
+pub(crate) struct Image {
+    pub(crate) id: String,
     #[serde(default)]
-    pub name: Option<String>,
-    pub status: ImageStatus,
-    pub created_at: DateTime<Utc>,
+    pub(crate) name: Option<String>,
+    pub(crate) status: ImageStatus,
+    pub(crate) created_at: DateTime<Utc>,
     #[serde(default)]
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     #[serde(default)]
-    pub checksum: Option<String>,
+    pub(crate) checksum: Option<String>,
     #[serde(default)]
-    pub os_hash_algo: Option<String>,
+    pub(crate) os_hash_algo: Option<String>,
     #[serde(default)]
-    pub os_hash_value: Option<String>,
+    pub(crate) os_hash_value: Option<String>,
     #[serde(default)]
-    pub protected: bool,
+    pub(crate) protected: bool,
     #[serde(default)]
-    pub owner: Option<String>,
+    pub(crate) owner: Option<String>,
     /// Every other attribute, custom properties included.
     #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub(crate) extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Image {
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.status == ImageStatus::Active
     }
 
     /// A custom property's value, if it is a string.
-    pub fn property(&self, key: &str) -> Option<&str> {
+    pub(crate) fn property(&self, key: &str) -> Option<&str> {
         self.extra.get(key).and_then(|v| v.as_str())
     }
 }
@@ -171,35 +171,35 @@ struct ImageList {
 
 /// What to create: Glance's core attributes plus custom properties (all strings).
 #[derive(Debug, Clone, Serialize)]
-pub struct NewImage {
-    pub name: String,
-    pub disk_format: DiskFormat,
-    pub container_format: ContainerFormat,
-    pub visibility: Visibility,
+pub(crate) struct NewImage {
+    pub(crate) name: String,
+    pub(crate) disk_format: DiskFormat,
+    pub(crate) container_format: ContainerFormat,
+    pub(crate) visibility: Visibility,
     #[serde(flatten)]
-    pub properties: BTreeMap<String, String>,
+    pub(crate) properties: BTreeMap<String, String>,
 }
 
 /// Filters for [`Glance::list`]; each becomes a query parameter.
 #[derive(Debug, Default, Clone)]
-pub struct ImageQuery {
-    pub name: Option<String>,
-    pub status: Option<ImageStatus>,
+pub(crate) struct ImageQuery {
+    pub(crate) name: Option<String>,
+    pub(crate) status: Option<ImageStatus>,
     /// Custom property filters (`?key=value`).
-    pub properties: Vec<(String, String)>,
+    pub(crate) properties: Vec<(String, String)>,
     /// Stop after this many images (one page with `limit`).
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// Glance through a session: holds no state of its own.
-pub struct Glance<'a> {
+pub(crate) struct Glance<'a> {
     session: &'a Session,
 }
 
 const PAGE_SIZE: u32 = 200;
 
 impl Session {
-    pub fn glance(&self) -> Glance<'_> {
+    pub(crate) fn glance(&self) -> Glance<'_> {
         Glance { session: self }
     }
 }
@@ -233,16 +233,16 @@ impl Glance<'_> {
         }
     }
 
-    /// Sends, reads the body, and turns a non-2xx status into [`OpenStackError::Api`].
-    async fn call<F>(
-        &self,
-        operation: &str,
-        build: F,
-    ) -> Result<(reqwest::StatusCode, String), OpenStackError>
+    /// Sends through the session, reads the body, and turns a non-2xx status
+    /// into [`OpenStackError::Api`].
+    async fn call<F>(&self, via: Via, operation: &str, build: F) -> Result<String, OpenStackError>
     where
-        F: Fn(&super::HttpClients, &url::Url) -> reqwest::RequestBuilder,
+        F: FnOnce(&reqwest::Client, &url::Url) -> reqwest::RequestBuilder,
     {
-        let (response, _) = self.session.send(Service::Glance, build).await?;
+        let response = self
+            .session
+            .send_authenticated(Service::Glance, via, build)
+            .await?;
         let status = response.status();
         let url = response.url().to_string();
         let body = response
@@ -252,12 +252,12 @@ impl Glance<'_> {
         if !status.is_success() {
             return Err(self.api_error(operation, status, &body));
         }
-        Ok((status, body))
+        Ok(body)
     }
 
     /// Images matching `query` owned by the session's project, newest first
     /// (`created_at`, then id, both descending), following pagination.
-    pub async fn list(&self, query: &ImageQuery) -> Result<Vec<Image>, OpenStackError> {
+    pub(crate) async fn list(&self, query: &ImageQuery) -> Result<Vec<Image>, OpenStackError> {
         let owner = self.session.authenticated().await?.token.project_id.clone();
         let mut params: Vec<(String, String)> = vec![
             ("sort".into(), "created_at:desc,id:desc".into()),
@@ -283,16 +283,16 @@ impl Glance<'_> {
         let mut next: Option<String> = None;
         loop {
             let operation = "GET /v2/images";
-            let (_, body) = match &next {
+            let body = match &next {
                 None => {
-                    self.call(operation, |c, base| {
-                        c.api.get(join(base, "v2/images")).query(&params)
+                    self.call(Via::Api, operation, |c, base| {
+                        c.get(join(base, "v2/images")).query(&params)
                     })
                     .await?
                 }
                 Some(path) => {
-                    self.call(operation, |c, base| {
-                        c.api.get(join(base, path.trim_start_matches('/')))
+                    self.call(Via::Api, operation, |c, base| {
+                        c.get(join(base, path.trim_start_matches('/')))
                     })
                     .await?
                 }
@@ -315,7 +315,7 @@ impl Glance<'_> {
     }
 
     /// The newest active image of that name: one query, `limit=1`.
-    pub async fn latest_active(&self, name: &str) -> Result<Option<Image>, OpenStackError> {
+    pub(crate) async fn latest_active(&self, name: &str) -> Result<Option<Image>, OpenStackError> {
         let query = ImageQuery {
             name: Some(name.to_string()),
             status: Some(ImageStatus::Active),
@@ -325,31 +325,31 @@ impl Glance<'_> {
         Ok(self.list(&query).await?.into_iter().next())
     }
 
-    pub async fn create(&self, image: &NewImage) -> Result<Image, OpenStackError> {
+    pub(crate) async fn create(&self, image: &NewImage) -> Result<Image, OpenStackError> {
         let operation = "POST /v2/images";
-        let (_, body) = self
-            .call(operation, |c, base| {
-                c.api.post(join(base, "v2/images")).json(image)
+        let body = self
+            .call(Via::Api, operation, |c, base| {
+                c.post(join(base, "v2/images")).json(image)
             })
             .await?;
         serde_json::from_str(&body).map_err(|e| self.invalid(operation, format!("image: {e}")))
     }
 
-    pub async fn get(&self, id: &str) -> Result<Image, OpenStackError> {
+    pub(crate) async fn get(&self, id: &str) -> Result<Image, OpenStackError> {
         let operation = format!("GET /v2/images/{id}");
         let path = format!("v2/images/{id}");
-        let (_, body) = self
-            .call(&operation, |c, base| c.api.get(join(base, &path)))
+        let body = self
+            .call(Via::Api, &operation, |c, base| c.get(join(base, &path)))
             .await?;
         serde_json::from_str(&body).map_err(|e| self.invalid(&operation, format!("image: {e}")))
     }
 
     /// Deletes an image; one that is already gone counts as deleted.
-    pub async fn delete(&self, id: &str) -> Result<(), OpenStackError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), OpenStackError> {
         let operation = format!("DELETE /v2/images/{id}");
         let path = format!("v2/images/{id}");
         match self
-            .call(&operation, |c, base| c.api.delete(join(base, &path)))
+            .call(Via::Api, &operation, |c, base| c.delete(join(base, &path)))
             .await
         {
             Ok(_) => Ok(()),
@@ -359,47 +359,25 @@ impl Glance<'_> {
     }
 
     /// `PUT /v2/images/{id}/file` with a streamed body, on the upload client (no
-    /// total timeout; the caller watches for stalls). Not retried on 401: the body
-    /// is gone. The token was checked moments before by the image's creation.
-    pub async fn upload_data(
+    /// total timeout; the caller watches for stalls). Not sent again on a 401:
+    /// the body is gone. The token was checked moments before by the image's creation.
+    pub(crate) async fn upload_data(
         &self,
         id: &str,
         size: u64,
         body: reqwest::Body,
     ) -> Result<(), OpenStackError> {
         let operation = format!("PUT /v2/images/{id}/file");
-        let auth = self.session.authenticated().await?;
-        let url = join(&auth.image_endpoint, &format!("v2/images/{id}/file"));
-        let response = self
-            .session
-            .clients()
-            .upload
-            .put(url.clone())
-            .header("X-Auth-Token", super::session::token_header(&auth)?)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(reqwest::header::CONTENT_LENGTH, size)
-            .header("x-openstack-image-size", size)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    OpenStackError::connection(self.cloud(), Service::Glance, url.as_str(), &e)
-                } else {
-                    OpenStackError::Interrupted {
-                        cloud: self.cloud().to_string(),
-                        service: Service::Glance,
-                        operation: operation.clone(),
-                        cause: super::error_chain(&e),
-                    }
-                }
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        Err(self.api_error(&operation, status, &text))
+        let path = format!("v2/images/{id}/file");
+        self.call(Via::Upload, &operation, |c, base| {
+            c.put(join(base, &path))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .header(reqwest::header::CONTENT_LENGTH, size)
+                .header("x-openstack-image-size", size)
+                .body(body)
+        })
+        .await
+        .map(drop)
     }
 }
 

@@ -7,9 +7,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::{error_message_from_body, OpenStackError, Service};
-use crate::clouds::{
-    AppCredential, Auth, CloudConfig, DomainRef, Interface, ProjectRef, Scope, UserRef,
-};
+use crate::clouds::{AppCredential, Auth, CloudConfig, DomainRef, ProjectRef, Scope, UserRef};
 use crate::secret::Secret;
 
 /// A Keystone token and what came with it.
@@ -18,44 +16,44 @@ pub struct Token {
     /// The `X-Subject-Token` value; sent as `X-Auth-Token`.
     pub value: Secret,
     /// When Keystone says the token expires (its clock), for `/v1/status`.
-    pub expires_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
     /// When the token stops being valid by *our* monotonic clock: the moment we
     /// sent the request plus the lifetime Keystone gave (`expires_at - issued_at`).
     /// Anchoring to our own clock makes refresh immune to clock skew between
     /// this host and Keystone, and lets tests drive time with `tokio::time::pause`.
-    pub valid_until: Instant,
+    pub(crate) valid_until: Instant,
     /// The token's whole lifetime as Keystone issued it.
-    pub lifetime: std::time::Duration,
+    pub(crate) lifetime: std::time::Duration,
     /// The project the token is scoped to; images are listed by this owner.
-    pub project_id: Option<String>,
+    pub(crate) project_id: Option<String>,
     /// The image service's endpoints from the catalog.
-    pub catalog: Vec<CatalogService>,
+    pub(crate) catalog: Vec<CatalogService>,
 }
 
 /// One service of the catalog.
 #[derive(Clone, Debug, Deserialize)]
-pub struct CatalogService {
+pub(crate) struct CatalogService {
     /// The service type, e.g. `image`.
     #[serde(rename = "type")]
-    pub service_type: String,
+    pub(crate) service_type: String,
     /// Its endpoints, one per interface and region.
     #[serde(default)]
-    pub endpoints: Vec<CatalogEndpoint>,
+    pub(crate) endpoints: Vec<CatalogEndpoint>,
 }
 
 /// One endpoint of a catalog service.
 #[derive(Clone, Debug, Deserialize)]
-pub struct CatalogEndpoint {
+pub(crate) struct CatalogEndpoint {
     /// `public`, `internal` or `admin`.
-    pub interface: String,
+    pub(crate) interface: String,
     /// The region id (`region_id`), or the legacy `region` name.
     #[serde(default)]
-    pub region_id: Option<String>,
+    pub(crate) region_id: Option<String>,
     /// The legacy region field, still sent by Keystone.
     #[serde(default)]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// The endpoint's base URL.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 #[derive(Deserialize)]
@@ -80,7 +78,7 @@ struct IdOnly {
 
 /// `<auth_url>/auth/tokens`, whether `auth_url` ends in `/v3` or not (both are common
 /// in clouds.yaml files).
-pub fn tokens_url(auth_url: &Url) -> Url {
+pub(crate) fn tokens_url(auth_url: &Url) -> Url {
     let mut base = auth_url.as_str().trim_end_matches('/').to_string();
     let has_version = base
         .rsplit('/')
@@ -95,7 +93,7 @@ pub fn tokens_url(auth_url: &Url) -> Url {
 }
 
 /// Authenticates once. The caller decides when (see [`super::session`]).
-pub async fn issue_token(
+pub(crate) async fn issue_token(
     client: &reqwest::Client,
     cloud: &CloudConfig,
 ) -> Result<Token, OpenStackError> {
@@ -166,15 +164,11 @@ pub async fn issue_token(
 /// The image endpoint for this cloud: the override, else the catalog's `image`
 /// endpoint for the cloud's interface and region. The version suffix (`/v2`) is
 /// removed so that callers always append `/v2/...`.
-pub fn image_endpoint(cloud: &CloudConfig, token: &Token) -> Result<Url, OpenStackError> {
+pub(crate) fn image_endpoint(cloud: &CloudConfig, token: &Token) -> Result<Url, OpenStackError> {
     if let Some(url) = &cloud.image_endpoint_override {
         return Ok(strip_version(url));
     }
-    let interface = match cloud.interface {
-        Interface::Public => "public",
-        Interface::Internal => "internal",
-        Interface::Admin => "admin",
-    };
+    let interface = cloud.interface.as_str();
     let region = cloud.region_name.as_deref();
     let found = token
         .catalog
@@ -243,7 +237,7 @@ fn scope_json(scope: &Scope) -> Option<Value> {
 
 /// The body of `POST /v3/auth/tokens` for each auth type. Application credentials
 /// carry their own scope; the others take the cloud's project or domain.
-pub fn auth_request_body(auth: &Auth) -> Value {
+pub(crate) fn auth_request_body(auth: &Auth) -> Value {
     let (identity, scope) = match auth {
         Auth::Password {
             user,

@@ -8,9 +8,9 @@
 //! a 30 s total timeout (fatal for multi-GiB uploads), keep a token cache in the
 //! user's home, or pull in a second HTTP stack. What we need is a dozen calls.
 
-pub mod glance;
-pub mod keystone;
-pub mod registry;
+pub(crate) mod glance;
+pub(crate) mod keystone;
+pub(crate) mod registry;
 pub mod session;
 
 use std::time::Duration;
@@ -89,16 +89,6 @@ pub enum OpenStackError {
 }
 
 impl OpenStackError {
-    /// The HTTP status OpenStack answered with, when it answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            OpenStackError::Api { status, .. } | OpenStackError::Unauthorized { status, .. } => {
-                Some(*status)
-            }
-            _ => None,
-        }
-    }
-
     pub(crate) fn connection(
         cloud: &str,
         service: Service,
@@ -198,23 +188,23 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// How long an ordinary API call (not an upload) may take in all.
-pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const API_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long establishing a connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two HTTP clients of a cloud: one for API calls with a total timeout, one for
 /// uploads with none (reqwest#2784: a read timeout aborted an upload that was still
 /// progressing), whose stall is watched by the upload itself.
 #[derive(Clone, Debug)]
-pub struct HttpClients {
+pub(crate) struct HttpClients {
     /// For API calls: bounded by [`API_CALL_TIMEOUT`].
-    pub api: reqwest::Client,
+    pub(crate) api: reqwest::Client,
     /// For image data: no total timeout; the caller enforces a stall timeout.
-    pub upload: reqwest::Client,
+    pub(crate) upload: reqwest::Client,
 }
 
 impl HttpClients {
-    pub fn for_cloud(cloud: &CloudConfig) -> Result<Self, OpenStackError> {
+    pub(crate) fn for_cloud(cloud: &CloudConfig) -> Result<Self, OpenStackError> {
         let api = builder(&cloud.name, &cloud.tls)?
             .timeout(API_CALL_TIMEOUT)
             .build()

@@ -12,11 +12,11 @@ use crate::clouds::{CloudsError, CloudsFile};
 
 /// A set of clouds in force: the parsed file, a session per cloud, the default.
 #[derive(Debug)]
-pub struct CloudSet {
+pub(crate) struct CloudSet {
     /// Sessions in the file's order.
-    pub sessions: Vec<Arc<Session>>,
+    pub(crate) sessions: Vec<Arc<Session>>,
     /// The cloud used when a request names none (`None` when there are no clouds).
-    pub default: Option<String>,
+    pub(crate) default: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum RegistryError {
 
 /// The clouds in force, and how to replace them.
 #[derive(Debug)]
-pub struct CloudRegistry {
+pub(crate) struct CloudRegistry {
     /// The set in force; a request takes a snapshot (an `Arc`) and keeps it.
     current: RwLock<Arc<CloudSet>>,
     /// `token_refresh_margin`, for new sessions.
@@ -55,7 +55,7 @@ pub struct CloudRegistry {
 impl CloudRegistry {
     /// Builds sessions for `file` and starts their refresh loops; `target` is the
     /// file a later `PUT /v1/clouds` replaces.
-    pub fn new(
+    pub(crate) fn new(
         file: &CloudsFile,
         margin: Duration,
         configured_default: Option<String>,
@@ -81,7 +81,7 @@ impl CloudRegistry {
         })
     }
 
-    pub fn snapshot(&self) -> Arc<CloudSet> {
+    pub(crate) fn snapshot(&self) -> Arc<CloudSet> {
         match self.current.read() {
             Ok(set) => set.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -89,7 +89,7 @@ impl CloudRegistry {
     }
 
     /// The session of `name`, or of the default cloud when `name` is `None`.
-    pub fn session(&self, name: Option<&str>) -> Result<Arc<Session>, RegistryError> {
+    pub(crate) fn session(&self, name: Option<&str>) -> Result<Arc<Session>, RegistryError> {
         let set = self.snapshot();
         let wanted = match name.or(set.default.as_deref()) {
             Some(n) => n.to_string(),
@@ -102,18 +102,14 @@ impl CloudRegistry {
             .ok_or(RegistryError::UnknownCloud(wanted))
     }
 
-    pub fn sessions(&self) -> Vec<Arc<Session>> {
+    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
         self.snapshot().sessions.clone()
-    }
-
-    pub fn target(&self) -> &Path {
-        &self.target
     }
 
     /// Replaces the clouds with a new clouds.yaml document (YAML or JSON): every
     /// cloud in it must authenticate; only then is the file written (atomically,
     /// 0600) and the new set put in force. On any failure the old set stays.
-    pub async fn replace(&self, document: &str) -> Result<Vec<String>, RegistryError> {
+    pub(crate) async fn replace(&self, document: &str) -> Result<Vec<String>, RegistryError> {
         let _one_at_a_time = self.replacing.lock().await;
         let secure = secure_beside(&self.target);
         let file = CloudsFile::parse(document, secure.as_deref(), Some(&self.target))?;
@@ -182,7 +178,7 @@ fn secure_beside(target: &Path) -> Option<String> {
 
 /// Writes `data` to `path` through a temporary file in the same directory and a
 /// rename, so that a reader sees the old file or the new one, never half of it.
-pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path

@@ -32,7 +32,7 @@ use super::{error_chain, HttpClients, OpenStackError, Service};
 use crate::clouds::CloudConfig;
 
 /// A token this close to expiry is not sent: it could expire on the way.
-pub const EXPIRY_SAFETY: Duration = Duration::from_secs(5);
+pub(crate) const EXPIRY_SAFETY: Duration = Duration::from_secs(5);
 /// Backoff after failed authentications starts here...
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// ...and doubles up to this, so a Keystone that comes back is noticed quickly.
@@ -41,7 +41,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const BACKOFF_CAP_UNAUTHORIZED: Duration = Duration::from_secs(300);
 
 /// When to refresh a token of `lifetime`, counted from when it was requested.
-pub fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
+pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
     let tenth = lifetime / 10;
     let effective = if margin > lifetime / 2 {
         tenth
@@ -53,15 +53,24 @@ pub fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
 
 /// The wait before retry number `failures` (1-based), with "equal jitter": half
 /// fixed, half random, so that many daemons do not retry in step.
-pub fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
+pub(crate) fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let full = exp.min(cap);
     full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 /// What produces tokens: Keystone in the daemon, a counter in unit tests.
-pub type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, OpenStackError>> + Send>>;
-pub type TokenIssuer = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
+pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, OpenStackError>> + Send>>;
+pub(crate) type TokenIssuer = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
+
+/// Which of a cloud's HTTP clients ([`HttpClients`]) a request goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// An API call, bounded by a total timeout.
+    Api,
+    /// Image data: no total timeout (the upload watches for stalls itself).
+    Upload,
+}
 
 /// A valid token and the image endpoint that goes with it.
 #[derive(Debug)]
@@ -93,16 +102,16 @@ struct Stats {
 
 /// The daemon's view of a cloud, as `/v1/status` shows it. Holds no secret.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct CloudStatus {
-    pub name: String,
-    pub authenticated: bool,
-    pub token_expires_at: Option<DateTime<Utc>>,
+pub(crate) struct CloudStatus {
+    pub(crate) name: String,
+    pub(crate) authenticated: bool,
+    pub(crate) token_expires_at: Option<DateTime<Utc>>,
     pub image_endpoint: Option<String>,
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Extension: tokens requested since the session was created.
-    pub token_requests: u64,
+    pub(crate) token_requests: u64,
     /// Extension: 401 answers from Glance that forced a re-authentication.
-    pub unauthorized_responses: u64,
+    pub(crate) unauthorized_responses: u64,
 }
 
 /// The authenticated session of one cloud.
@@ -162,7 +171,7 @@ impl Session {
     }
 
     /// A session with its own token source (tests).
-    pub fn with_issuer(
+    pub(crate) fn with_issuer(
         cloud: CloudConfig,
         clients: HttpClients,
         margin: Duration,
@@ -181,16 +190,8 @@ impl Session {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cloud.name
-    }
-
-    pub fn cloud(&self) -> &CloudConfig {
-        &self.cloud
-    }
-
-    pub fn clients(&self) -> &HttpClients {
-        &self.clients
     }
 
     fn current(&self) -> Option<Arc<Authenticated>> {
@@ -205,14 +206,17 @@ impl Session {
     }
 
     /// The current token if it is still good to send.
-    pub fn valid(&self) -> Option<Arc<Authenticated>> {
+    pub(crate) fn valid(&self) -> Option<Arc<Authenticated>> {
         self.current().filter(|a| a.usable_at(Instant::now()))
     }
 
     /// Requests a new token unless someone already replaced the one the caller saw
     /// (`seen`: the generation it saw, `None` if it saw none). Single flight: callers
     /// that arrive while a request is under way wait for it and share its result.
-    pub async fn renew(&self, seen: Option<u64>) -> Result<Arc<Authenticated>, OpenStackError> {
+    pub(crate) async fn renew(
+        &self,
+        seen: Option<u64>,
+    ) -> Result<Arc<Authenticated>, OpenStackError> {
         let _guard = self.renewing.lock().await;
         if let Some(current) = self.current() {
             if Some(current.generation) != seen && current.usable_at(Instant::now()) {
@@ -270,43 +274,60 @@ impl Session {
         })
     }
 
-    /// Sends a request built by `build` with the current token. On a 401 the token
-    /// is replaced (once, shared with concurrent requests) and the request is sent
-    /// again once. The response is returned whatever its status.
-    pub async fn send<F>(
+    /// Sends the request `build` makes (from the client `via` names and the image
+    /// endpoint) with the current token. On a 401 the token is replaced (once,
+    /// shared with concurrent requests) and the request sent again once, unless
+    /// its body was a stream (an upload: the data is gone). Idempotent calls are
+    /// also retried after a dropped connection or a 502/503/504. The response is
+    /// returned whatever its status.
+    pub(crate) async fn send_authenticated<F>(
         &self,
         service: Service,
+        via: Via,
         build: F,
-    ) -> Result<(reqwest::Response, Arc<Authenticated>), OpenStackError>
+    ) -> Result<reqwest::Response, OpenStackError>
     where
-        F: Fn(&HttpClients, &Url) -> reqwest::RequestBuilder,
+        F: FnOnce(&reqwest::Client, &Url) -> reqwest::RequestBuilder,
     {
+        let client = match via {
+            Via::Api => &self.clients.api,
+            Via::Upload => &self.clients.upload,
+        };
         let auth = self.authenticated().await?;
-        let response = self.send_with(service, &build, &auth).await?;
+        let request = build(client, &auth.image_endpoint)
+            .build()
+            .map_err(|e| OpenStackError::connection(&self.cloud.name, service, "", &e))?;
+        let again = request.try_clone();
+        let response = self.execute(service, via, request, &auth).await?;
         if response.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok((response, auth));
+            return Ok(response);
         }
         self.with_stats(|s| s.unauthorized_responses += 1);
         tracing::info!(cloud = %self.cloud.name, "{service} answered 401: re-authenticating");
         let auth = self.renew(Some(auth.generation)).await?;
-        let response = self.send_with(service, &build, &auth).await?;
-        Ok((response, auth))
+        match again {
+            Some(request) => self.execute(service, via, request, &auth).await,
+            None => Ok(response),
+        }
     }
 
-    async fn send_with<F>(
+    /// Sends `request` with `auth`'s token, retrying idempotent calls.
+    async fn execute(
         &self,
         service: Service,
-        build: &F,
+        via: Via,
+        mut request: reqwest::Request,
         auth: &Authenticated,
-    ) -> Result<reqwest::Response, OpenStackError>
-    where
-        F: Fn(&HttpClients, &Url) -> reqwest::RequestBuilder,
-    {
-        let request = build(&self.clients, &auth.image_endpoint)
-            .header("X-Auth-Token", token_header(auth)?)
-            .build()
-            .map_err(|e| OpenStackError::connection(&self.cloud.name, service, "", &e))?;
+    ) -> Result<reqwest::Response, OpenStackError> {
+        let client = match via {
+            Via::Api => &self.clients.api,
+            Via::Upload => &self.clients.upload,
+        };
+        request
+            .headers_mut()
+            .insert("X-Auth-Token", token_header(auth)?);
         let url = request.url().to_string();
+        let operation = format!("{} {}", request.method(), request.url().path());
         let idempotent = is_idempotent(request.method());
         let mut pending = request;
         let mut attempt = 0u32;
@@ -317,7 +338,7 @@ impl Session {
             } else {
                 None
             };
-            let result = self.clients.api.execute(pending).await;
+            let result = client.execute(pending).await;
             let retry_reason = match (&result, &spare) {
                 (_, None) => None,
                 // A connection the server closed while it sat in the pool fails
@@ -337,17 +358,36 @@ impl Session {
                     pending = spare;
                 }
                 _ => {
-                    return result.map_err(|e| {
-                        OpenStackError::connection(&self.cloud.name, service, &url, &e)
-                    })
+                    return result.map_err(|e| self.send_error(service, via, &url, &operation, &e))
                 }
             }
         }
     }
 
+    /// A failed send: the service was not reached, or (for an upload, which
+    /// runs for minutes) the connection broke once the data was flowing.
+    fn send_error(
+        &self,
+        service: Service,
+        via: Via,
+        url: &str,
+        operation: &str,
+        err: &reqwest::Error,
+    ) -> OpenStackError {
+        if via == Via::Api || err.is_connect() {
+            return OpenStackError::connection(&self.cloud.name, service, url, err);
+        }
+        OpenStackError::Interrupted {
+            cloud: self.cloud.name.clone(),
+            service,
+            operation: operation.to_string(),
+            cause: error_chain(err),
+        }
+    }
+
     /// Starts the background refresh loop. It holds only a weak reference, so
     /// dropping the session (clouds replaced) ends it.
-    pub fn start_refresher(self: &Arc<Self>) {
+    pub(crate) fn start_refresher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let wake = self.wake.clone();
         let handle = tokio::spawn(refresh_loop(weak, wake));
@@ -356,7 +396,7 @@ impl Session {
         }
     }
 
-    pub fn status(&self) -> CloudStatus {
+    pub(crate) fn status(&self) -> CloudStatus {
         let current = self.current();
         let stats = self.with_stats(|s| s.clone());
         let now = Instant::now();
@@ -395,7 +435,7 @@ fn is_idempotent(method: &reqwest::Method) -> bool {
 }
 
 /// The token as a header value marked sensitive, so that hyper never logs it.
-pub fn token_header(auth: &Authenticated) -> Result<HeaderValue, OpenStackError> {
+fn token_header(auth: &Authenticated) -> Result<HeaderValue, OpenStackError> {
     let mut value = HeaderValue::from_str(auth.token.value.expose()).map_err(|_| {
         OpenStackError::InvalidResponse {
             cloud: String::new(),
