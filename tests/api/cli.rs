@@ -1,19 +1,54 @@
 //! The CLI against a running daemon: exit codes, and `upload` then `latest`.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use crate::helpers::*;
 
-fn cli(config: &std::path::Path) -> Command {
+/// Runs the CLI with `args`, checks that it exits with `exit` (the contract's
+/// 0 ok, 1 the daemon's error, 2 usage, 3 unreachable), and returns its stdout
+/// and stderr.
+async fn run_cli<I, S>(args: I, exit: i32) -> (String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut c = Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"));
-    c.arg("--config").arg(config);
-    c
+    c.args(args);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(exit),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
 }
 
-async fn output(mut c: Command) -> std::process::Output {
-    tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap()
+/// `--config CONFIG SUBCOMMAND --base jammy --app-name APP --arch ARCH`.
+fn about(config: &Path, subcommand: &str, app: &str, arch: &str) -> Vec<String> {
+    let config = config.display().to_string();
+    let words = [
+        "--config",
+        &config,
+        subcommand,
+        "--base",
+        "jammy",
+        "--app-name",
+        app,
+        "--arch",
+        arch,
+    ];
+    words.map(str::to_string).to_vec()
+}
+
+/// `latest` of `app` (jammy, x64), through the daemon `config` names.
+fn latest(config: &Path, app: &str) -> Vec<String> {
+    about(config, "latest", app, "x64")
 }
 
 #[tokio::test]
@@ -27,64 +62,21 @@ async fn upload_then_latest_print_the_same_id() {
     let app = unique_app("cli");
     let file = write_raw_image(&d.upload_dir, "cli.img", 2 * 1024 * 1024);
 
-    let mut c = cli(&d.config_path);
-    c.args([
-        "latest",
-        "--base",
-        "jammy",
-        "--app-name",
-        &app,
-        "--arch",
-        "x64",
-    ]);
-    let out = output(c).await;
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "\n",
-        "no image yet: an empty line"
-    );
+    let (stdout, _) = run_cli(latest(&d.config_path, &app), 0).await;
+    assert_eq!(stdout, "\n", "no image yet: an empty line");
 
-    let mut c = cli(&d.config_path);
-    c.args([
-        "upload",
-        "--base",
-        "jammy",
-        "--app-name",
-        &app,
-        "--arch",
-        "x64",
-        "--num-revisions",
-        "2",
-        "--src-path",
-    ])
-    .arg(&file);
-    let out = output(c).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let uploaded = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut upload = about(&d.config_path, "upload", &app, "x64");
+    upload.extend(["--num-revisions", "2", "--src-path"].map(str::to_string));
+    upload.push(file.display().to_string());
+    let (stdout, _) = run_cli(upload, 0).await;
+    let uploaded = stdout.trim().to_string();
     assert_eq!(uploaded.len(), 36, "an image id: {uploaded}");
 
     // `--config` after the subcommand works too.
-    let mut c = Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"));
-    c.args([
-        "latest",
-        "--base",
-        "jammy",
-        "--app-name",
-        &app,
-        "--arch",
-        "x64",
-        "--config",
-    ])
-    .arg(&d.config_path);
-    let out = output(c).await;
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), uploaded);
+    let mut config_last = latest(&d.config_path, &app).split_off(2);
+    config_last.extend(["--config".to_string(), d.config_path.display().to_string()]);
+    let (stdout, _) = run_cli(config_last, 0).await;
+    assert_eq!(stdout.trim(), uploaded);
     Direct::charm().delete(&uploaded).await;
 }
 
@@ -96,37 +88,28 @@ async fn exit_codes_say_who_failed() {
         |_| {},
     )
     .await;
+    let config = d.config_path.display().to_string();
 
     // 2: a missing flag.
-    let mut c = cli(&d.config_path);
-    c.args(["latest", "--base", "jammy", "--arch", "x64"]);
-    assert_eq!(output(c).await.status.code(), Some(2));
+    run_cli(
+        [
+            "--config", &config, "latest", "--base", "jammy", "--arch", "x64",
+        ],
+        2,
+    )
+    .await;
 
     // 1: the daemon's error, its code and message on stderr.
-    let mut c = cli(&d.config_path);
-    c.args([
-        "latest",
-        "--base",
-        "jammy",
-        "--app-name",
-        "runner",
-        "--arch",
-        "sparc",
-    ]);
-    let out = output(c).await;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let sparc = about(&d.config_path, "latest", "runner", "sparc");
+    let (_, stderr) = run_cli(sparc, 1).await;
     assert!(
         stderr.contains("invalid_request") && stderr.contains("sparc"),
         "{stderr}"
     );
 
     // `status` shows the cloud.
-    let mut c = cli(&d.config_path);
-    c.arg("status");
-    let out = output(c).await;
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("charm"));
+    let (stdout, _) = run_cli(["--config", &config, "status"], 0).await;
+    assert!(stdout.contains("charm"), "{stdout}");
 
     // 3: nothing listens there.
     let dead = d.dir.path().join("dead.yaml");
@@ -139,81 +122,20 @@ async fn exit_codes_say_who_failed() {
         ),
     )
     .unwrap();
-    let mut c = cli(&dead);
-    c.args([
-        "latest",
-        "--base",
-        "jammy",
-        "--app-name",
-        "runner",
-        "--arch",
-        "x64",
-    ]);
-    let out = output(c).await;
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli(latest(&dead, "runner"), 3).await;
 }
 
 /// `listen: unix:/path`: the daemon serves on a unix socket and the CLI finds it there.
 #[tokio::test]
 async fn the_cli_reaches_a_daemon_on_a_unix_socket() {
-    use openstack_image_helper::config::{Config, Listen};
-    use openstack_image_helper::daemon::{run, Listener};
-
     let bed = Bed::get();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    std::fs::write(
-        root.join("clouds.yaml"),
-        clouds_document(&[("charm", bed.cloud_entry("charm"))]),
+    let d = spawn_daemon_on(
+        On::Unix,
+        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
+        |_| {},
     )
-    .unwrap();
-    let socket = root.join("run/helper.sock");
-    let config = Config {
-        listen: Listen::Unix(socket.clone()),
-        clouds_yaml: Some(root.join("clouds.yaml")),
-        state_dir: root.join("state"),
-        api_token_file: root.join("state/api-token"),
-        upload_dirs: vec![root.join("images")],
-        ..Config::default()
-    };
-    let config_path = root.join("config.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "listen: \"unix:{}\"\napi_token_file: {}\n",
-            socket.display(),
-            root.join("state/api-token").display()
-        ),
-    )
-    .unwrap();
-    let listener = Listener::bind(&config).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run(config, listener, async move {
-        let _ = rx.await;
-    }));
-    let mut c = cli(&config_path);
-    c.args([
-        "latest",
-        "--base",
-        "noble",
-        "--app-name",
-        "unix-probe",
-        "--arch",
-        "arm64",
-    ]);
-    let out = output(c).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "\n");
-    let _ = tx.send(());
-    server.await.unwrap().unwrap();
+    .await;
+    assert!(d.base.starts_with("unix:"), "{}", d.base);
+    let (stdout, _) = run_cli(latest(&d.config_path, &unique_app("unix")), 0).await;
+    assert_eq!(stdout, "\n");
 }

@@ -128,12 +128,7 @@ async fn a_stalled_upload_is_aborted_after_the_stall_timeout_and_its_image_delet
     let started = std::time::Instant::now();
     let a = d.upload("stall", &file, 1, json!({})).await;
     let took = started.elapsed();
-    assert_eq!(
-        (a.status, a.code()),
-        (502, "upload_image_failed"),
-        "{:?}",
-        a.body
-    );
+    a.expect(502, "upload_image_failed");
     assert!(
         a.message().contains("stalled") && a.message().contains("faulty"),
         "{}",
@@ -157,12 +152,7 @@ async fn a_connection_cut_mid_upload_fails_the_upload_and_deletes_the_image() {
     let d = daemon_on(&url, |_| {}).await;
     let file = write_raw_image(&d.upload_dir, "cut.img", 32 * 1024 * 1024);
     let a = d.upload("cut", &file, 1, json!({})).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (502, "upload_image_failed"),
-        "{:?}",
-        a.body
-    );
+    a.expect(502, "upload_image_failed");
     assert!(a.message().contains("faulty"), "{}", a.message());
     assert_eq!(fake.deleted.lock().unwrap().len(), 1);
     assert_eq!(d.status().await["uploads_in_flight"], 0);
@@ -179,12 +169,7 @@ async fn a_short_burst_of_503s_is_retried_and_a_long_one_reported() {
     let (url, _) = start_fake(Fault::Unavailable(usize::MAX)).await;
     let d = daemon_on(&url, |_| {}).await;
     let a = d.latest("burst", None).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (502, "get_image_failed"),
-        "{:?}",
-        a.body
-    );
+    a.expect(502, "get_image_failed");
     assert!(
         a.message().contains("503") && a.message().contains("unavailable"),
         "{}",

@@ -112,8 +112,22 @@ impl Drop for TestDaemon {
     }
 }
 
-/// Starts a daemon with `clouds` as its clouds.yaml and the config adjusted by `tweak`.
+/// Where a test daemon listens.
+pub enum On {
+    /// A TCP port of its own on loopback.
+    Tcp,
+    /// A unix socket in its directory (`run/helper.sock`); reach it with the CLI.
+    Unix,
+}
+
+/// Starts a daemon on a TCP port with `clouds` as its clouds.yaml and the config
+/// adjusted by `tweak`.
 pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+    spawn_daemon_on(On::Tcp, clouds, tweak).await
+}
+
+/// Starts a daemon listening `on` TCP or a unix socket.
+pub async fn spawn_daemon_on(on: On, clouds: &str, tweak: impl FnOnce(&mut Config)) -> TestDaemon {
     // Quiet unless asked: RUST_LOG=debug cargo test -- --nocapture shows the daemon's log.
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -126,10 +140,16 @@ pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> Test
     let clouds_path = root.join("clouds.yaml");
     std::fs::write(&clouds_path, clouds).unwrap();
     let upload_dir = root.join("images");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let tcp = match on {
+        On::Tcp => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        On::Unix => None,
+    };
+    let listen = match &tcp {
+        Some(listener) => Listen::Tcp(listener.local_addr().unwrap()),
+        None => Listen::Unix(root.join("run/helper.sock")),
+    };
     let mut config = Config {
-        listen: Listen::Tcp(addr),
+        listen,
         clouds_yaml: Some(clouds_path),
         state_dir: root.join("state"),
         api_token_file: root.join("state/api-token"),
@@ -139,32 +159,26 @@ pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> Test
     tweak(&mut config);
     let config_path = root.join("config.yaml");
     std::fs::write(&config_path, config_yaml(&config)).unwrap();
+    let listener = match tcp {
+        Some(listener) => Listener::Tcp(listener),
+        None => Listener::bind(&config).await.unwrap(),
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let cfg = config.clone();
     let handle = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(err) = run(cfg, Listener::Tcp(listener), shutdown).await {
+        if let Err(err) = run(cfg, listener, shutdown).await {
             panic!("daemon failed: {err}");
         }
     });
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://{addr}");
-    let mut token = String::new();
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/v1/health")).send().await {
-            if r.status().is_success() {
-                token = std::fs::read_to_string(&config.api_token_file)
-                    .unwrap()
-                    .trim()
-                    .to_string();
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!token.is_empty(), "the daemon did not come up");
+    let base = match &config.listen {
+        Listen::Tcp(addr) => format!("http://{addr}"),
+        unix => unix.to_string(),
+    };
+    let token = wait_until_up(&config, &http, &base).await;
     TestDaemon {
         base,
         token,
@@ -176,6 +190,29 @@ pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> Test
         shutdown: Some(tx),
         handle: Some(handle),
     }
+}
+
+/// Waits until the daemon answers (its health over TCP, a connection to its
+/// unix socket) and returns the API token it made.
+async fn wait_until_up(config: &Config, http: &reqwest::Client, base: &str) -> String {
+    for _ in 0..200 {
+        let up = match &config.listen {
+            Listen::Tcp(_) => http
+                .get(format!("{base}/v1/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            Listen::Unix(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+        };
+        if up {
+            let token = std::fs::read_to_string(&config.api_token_file).unwrap_or_default();
+            if !token.trim().is_empty() {
+                return token.trim().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the daemon did not come up on {}", config.listen);
 }
 
 /// The daemon config as a YAML file, for the CLI.
@@ -206,6 +243,18 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Asserts the contract's answer: this HTTP status and this error code.
+    #[track_caller]
+    pub fn expect(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "{:?}",
+            self.body
+        );
+        self
+    }
+
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
@@ -359,7 +408,19 @@ pub fn sha512_hex(path: &Path) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &data).as_ref())
 }
 
-/// Raw Glance and Keystone calls for set-up and checks, outside the daemon.
+/// A token of `session`, to call OpenStack directly.
+async fn token_of(session: &Session) -> String {
+    session
+        .authenticated()
+        .await
+        .unwrap()
+        .token
+        .value
+        .expose()
+        .to_string()
+}
+
+/// Raw Glance calls for set-up and checks, outside the daemon.
 pub struct Direct {
     pub session: std::sync::Arc<Session>,
     pub http: reqwest::Client,
@@ -374,21 +435,20 @@ impl Direct {
     }
 
     pub async fn token(&self) -> String {
-        self.session
-            .authenticated()
-            .await
-            .unwrap()
-            .token
-            .value
-            .expose()
-            .to_string()
+        token_of(&self.session).await
+    }
+
+    /// A request to Glance's `path` with the charm's token.
+    async fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", Bed::get().glance_url))
+            .header("X-Auth-Token", self.token().await)
     }
 
     pub async fn image(&self, id: &str) -> Option<Value> {
         let r = self
-            .http
-            .get(format!("{}/v2/images/{id}", Bed::get().glance_url))
-            .header("X-Auth-Token", self.token().await)
+            .call(reqwest::Method::GET, &format!("/v2/images/{id}"))
+            .await
             .send()
             .await
             .unwrap();
@@ -402,10 +462,9 @@ impl Direct {
     /// Every image of that name in the project, any status.
     pub async fn images_named(&self, name: &str) -> Vec<Value> {
         let r = self
-            .http
-            .get(format!("{}/v2/images", Bed::get().glance_url))
+            .call(reqwest::Method::GET, "/v2/images")
+            .await
             .query(&[("name", name), ("limit", "100")])
-            .header("X-Auth-Token", self.token().await)
             .send()
             .await
             .unwrap();
@@ -423,9 +482,8 @@ impl Direct {
             }
         }
         let r = self
-            .http
-            .post(format!("{}/v2/images", Bed::get().glance_url))
-            .header("X-Auth-Token", self.token().await)
+            .call(reqwest::Method::POST, "/v2/images")
+            .await
             .json(&body)
             .send()
             .await
@@ -436,18 +494,16 @@ impl Direct {
     }
 
     pub async fn set_protected(&self, id: &str, protected: bool) {
+        let patch =
+            serde_json::json!([{"op": "replace", "path": "/protected", "value": protected}]);
         let r = self
-            .http
-            .patch(format!("{}/v2/images/{id}", Bed::get().glance_url))
-            .header("X-Auth-Token", self.token().await)
+            .call(reqwest::Method::PATCH, &format!("/v2/images/{id}"))
+            .await
             .header(
                 "Content-Type",
                 "application/openstack-images-v2.1-json-patch",
             )
-            .body(
-                serde_json::json!([{"op": "replace", "path": "/protected", "value": protected}])
-                    .to_string(),
-            )
+            .body(patch.to_string())
             .send()
             .await
             .unwrap();
@@ -459,12 +515,10 @@ impl Direct {
     }
 
     pub async fn delete(&self, id: &str) {
-        let _ = self
-            .http
-            .delete(format!("{}/v2/images/{id}", Bed::get().glance_url))
-            .header("X-Auth-Token", self.token().await)
-            .send()
+        let request = self
+            .call(reqwest::Method::DELETE, &format!("/v2/images/{id}"))
             .await;
+        let _ = request.send().await;
     }
 }
 
@@ -516,15 +570,7 @@ impl KeystoneAdmin {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let token = self
-            .session
-            .authenticated()
-            .await
-            .unwrap()
-            .token
-            .value
-            .expose()
-            .to_string();
+        let token = token_of(&self.session).await;
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", Bed::get().keystone_url))

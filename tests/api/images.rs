@@ -215,12 +215,7 @@ async fn a_failed_upload_leaves_no_image_and_keeps_the_older_revisions() {
     let a = d
         .upload(&app, &good, 1, json!({"disk_format": "qcow2"}))
         .await;
-    assert_eq!(
-        (a.status, a.code()),
-        (502, "upload_image_failed"),
-        "{:?}",
-        a.body
-    );
+    a.expect(502, "upload_image_failed");
     assert!(a.message().contains("Glance answered"), "{}", a.message());
 
     // The file shrinks while it is being sent.
@@ -255,12 +250,7 @@ async fn a_failed_upload_leaves_no_image_and_keeps_the_older_revisions() {
         }
     };
     let (a, ()) = tokio::join!(upload, shrink);
-    assert_eq!(
-        (a.status, a.code()),
-        (502, "upload_image_failed"),
-        "{:?}",
-        a.body
-    );
+    a.expect(502, "upload_image_failed");
     assert!(a.message().contains("shrank"), "{}", a.message());
 
     // Nothing left behind but the older revision, intact.
@@ -291,12 +281,7 @@ async fn an_image_over_glances_size_cap_is_image_too_large_and_leaves_nothing() 
         .to_string();
     let big = write_raw_image(&d.upload_dir, "big.img", 24 * 1024 * 1024);
     let a = d.upload(&app, &big, 1, json!({})).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "image_too_large"),
-        "{:?}",
-        a.body
-    );
+    a.expect(413, "image_too_large");
     assert!(
         a.message().contains("capped") && a.message().contains("413"),
         "{}",
@@ -428,7 +413,7 @@ async fn every_request_error_code_comes_from_a_real_trigger() {
     std::fs::write(&outside, b"x").unwrap();
     std::os::unix::fs::symlink(&outside, d.upload_dir.join("escape.img")).unwrap();
     let check = |a: Answer, status: u16, code: &str| {
-        assert_eq!((a.status, a.code()), (status, code), "{:?}", a.body);
+        a.expect(status, code);
         assert!(!a.message().is_empty());
         a
     };
@@ -604,12 +589,7 @@ async fn put_clouds_switches_only_when_every_cloud_authenticates() {
         ("second", bad),
     ]))
     .await;
-    assert_eq!(
-        (a.status, a.code()),
-        (422, "openstack_unauthorized"),
-        "{:?}",
-        a.body
-    );
+    a.expect(422, "openstack_unauthorized");
     assert!(a.message().contains("second") && !a.message().contains("wrong-one"));
     assert_eq!(
         std::fs::read_to_string(&clouds_path).unwrap(),
@@ -617,19 +597,9 @@ async fn put_clouds_switches_only_when_every_cloud_authenticates() {
     );
 
     let a = put("clouds: [not, a, mapping".into()).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (422, "invalid_clouds_yaml"),
-        "{:?}",
-        a.body
-    );
+    a.expect(422, "invalid_clouds_yaml");
     let a = put(clouds_document(&[("other", bed.cloud_entry("charm"))])).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (422, "invalid_clouds_yaml"),
-        "lacks default_cloud: {:?}",
-        a.body
-    );
+    a.expect(422, "invalid_clouds_yaml");
 
     // A good document (as JSON this time): written 0600 and in force.
     let doc = clouds_document(&[
@@ -675,7 +645,7 @@ async fn a_daemon_without_clouds_starts_and_takes_its_first_clouds_yaml() {
     assert!(!target.exists());
     assert_eq!(d.status().await["clouds"], json!([]));
     let a = d.latest("runner", None).await;
-    assert_eq!((a.status, a.code()), (503, "not_ready"), "{:?}", a.body);
+    a.expect(503, "not_ready");
     assert!(a.message().contains("PUT"), "{}", a.message());
 
     let doc = clouds_document(&[("charm", bed.cloud_entry("charm"))]);

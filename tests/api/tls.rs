@@ -108,7 +108,7 @@ async fn cacert_trusts_a_private_ca_and_verify_false_skips_the_check() {
         "{error}"
     );
     let a = d.latest("tls-probe", Some("untrusted")).await;
-    assert_eq!((a.status, a.code()), (503, "not_ready"), "{:?}", a.body);
+    a.expect(503, "not_ready");
     forwarder.abort();
 }
 

@@ -101,7 +101,7 @@ async fn keystone_down_at_start_recovers_without_a_restart() {
         "{s}"
     );
     let a = d.latest("runner", None).await;
-    assert_eq!((a.status, a.code()), (503, "not_ready"), "{:?}", a.body);
+    a.expect(503, "not_ready");
 
     let keystone: std::net::SocketAddr = bed
         .keystone_url
