@@ -13,8 +13,8 @@
 //! - [`clouds`]: clouds.yaml (and secure.yaml) in openstacksdk's format: the search
 //!   path, the per-cloud settings, the auth types.
 //! - [`openstack`]: Keystone sessions (token refresh), Glance calls, the cloud registry.
-//! - [`images`]: names (and the name template), upload + verification, pruning, the
-//!   reaper. Knows no HTTP.
+//! - [`images`]: names (and the name template), upload requests, upload +
+//!   verification, pruning, the reaper. Knows no HTTP.
 //! - [`http`]: the API v1 router, auth, handlers and the error → status mapping.
 //! - [`daemon`]: `serve`: start-up rules, wiring, graceful shutdown.
 //! - [`cli`]: the subcommands, and the client side of the API.

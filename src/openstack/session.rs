@@ -289,10 +289,7 @@ impl Session {
     where
         F: FnOnce(&reqwest::Client, &Url) -> reqwest::RequestBuilder,
     {
-        let client = match via {
-            Via::Api => &self.clients.api,
-            Via::Upload => &self.clients.upload,
-        };
+        let client = self.client(via);
         let auth = self.authenticated().await?;
         let request = build(client, &auth.image_endpoint)
             .build()
@@ -311,6 +308,13 @@ impl Session {
         }
     }
 
+    fn client(&self, via: Via) -> &reqwest::Client {
+        match via {
+            Via::Api => &self.clients.api,
+            Via::Upload => &self.clients.upload,
+        }
+    }
+
     /// Sends `request` with `auth`'s token, retrying idempotent calls.
     async fn execute(
         &self,
@@ -319,10 +323,7 @@ impl Session {
         mut request: reqwest::Request,
         auth: &Authenticated,
     ) -> Result<reqwest::Response, OpenStackError> {
-        let client = match via {
-            Via::Api => &self.clients.api,
-            Via::Upload => &self.clients.upload,
-        };
+        let client = self.client(via);
         request
             .headers_mut()
             .insert("X-Auth-Token", token_header(auth)?);

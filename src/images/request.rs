@@ -1,0 +1,217 @@
+//! An upload request: the fields as they arrive, and their validation into an
+//! [`UploadRequest`] (closed sets parsed, the daemon's own properties refused).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::names::{FieldError, ImageFamily};
+use super::{MARKER_DAEMON, MARKER_UPLOAD};
+use crate::openstack::glance::{ContainerFormat, DiskFormat, Visibility};
+use crate::secret::random_hex;
+
+/// Properties the daemon sets itself; a request may not.
+const OWN_PROPERTIES: &[&str] = &[
+    "architecture",
+    "os_distro",
+    "os_version",
+    MARKER_DAEMON,
+    MARKER_UPLOAD,
+];
+/// Glance's core attributes, which are not custom properties at all.
+const CORE_ATTRIBUTES: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "size",
+    "virtual_size",
+    "min_disk",
+    "min_ram",
+    "created_at",
+    "updated_at",
+    "tags",
+    "self",
+    "file",
+    "schema",
+    "direct_url",
+    "locations",
+    "disk_format",
+    "container_format",
+    "os_hidden",
+    "stores",
+];
+
+/// The fields of an upload request as they arrive (JSON), before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UploadFields {
+    pub(crate) base: String,
+    pub(crate) app_name: String,
+    pub(crate) arch: String,
+    pub(crate) num_revisions: u32,
+    pub(crate) src_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cloud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) disk_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) container_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) visibility: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+/// A validated upload request.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadRequest {
+    pub(crate) family: ImageFamily,
+    pub(crate) num_revisions: u32,
+    pub(crate) src_path: PathBuf,
+    pub(crate) cloud: Option<String>,
+    /// `None`: detected from the file (qcow2 or raw).
+    pub(crate) disk_format: Option<DiskFormat>,
+    pub(crate) container_format: ContainerFormat,
+    pub(crate) visibility: Visibility,
+    pub(crate) properties: BTreeMap<String, String>,
+    /// Identifies the upload in `/v1/uploads` and in the image's marker.
+    pub(crate) upload_id: String,
+}
+
+impl UploadRequest {
+    /// Validates every field as the contract says.
+    pub(crate) fn parse(
+        fields: UploadFields,
+        upload_id: Option<String>,
+    ) -> Result<Self, FieldError> {
+        let family = ImageFamily::parse(&fields.base, &fields.app_name, &fields.arch)?;
+        if fields.num_revisions < 1 {
+            return Err(FieldError::new("num_revisions", "must be at least 1"));
+        }
+        let disk_format = parse_field("disk_format", fields.disk_format)?;
+        let container_format = parse_field("container_format", fields.container_format)?
+            .unwrap_or(ContainerFormat::Bare);
+        let visibility =
+            parse_field("visibility", fields.visibility)?.unwrap_or(Visibility::Private);
+        for key in fields.properties.keys() {
+            if OWN_PROPERTIES.contains(&key.as_str()) {
+                return Err(FieldError::new(
+                    "properties",
+                    format!("'{key}' is set by the daemon and may not be given"),
+                ));
+            }
+            if CORE_ATTRIBUTES.contains(&key.as_str()) {
+                return Err(FieldError::new(
+                    "properties",
+                    format!("'{key}' is a Glance image attribute, not a property"),
+                ));
+            }
+            if key.is_empty() || key.len() > 255 {
+                return Err(FieldError::new(
+                    "properties",
+                    "keys must be 1 to 255 characters",
+                ));
+            }
+        }
+        if let Some(cloud) = &fields.cloud {
+            if cloud.is_empty() {
+                return Err(FieldError::new("cloud", "must not be empty"));
+            }
+        }
+        Ok(UploadRequest {
+            family,
+            num_revisions: fields.num_revisions,
+            src_path: fields.src_path,
+            cloud: fields.cloud,
+            disk_format,
+            container_format,
+            visibility,
+            properties: fields.properties,
+            upload_id: upload_id.unwrap_or_else(|| random_hex(16)),
+        })
+    }
+}
+
+/// An optional word of a closed set, the field named when it is not one of them.
+fn parse_field<T: std::str::FromStr<Err = String>>(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<T>, FieldError> {
+    value
+        .map(|text| {
+            text.parse()
+                .map_err(|reason| FieldError::new(field, reason))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> UploadFields {
+        serde_json::from_value(serde_json::json!({
+            "base": "jammy", "app_name": "runner", "arch": "x64",
+            "num_revisions": 2, "src_path": "/x/y.img"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_bare_and_private() {
+        let r = UploadRequest::parse(fields(), None).unwrap();
+        assert_eq!(r.container_format, ContainerFormat::Bare);
+        assert_eq!(r.visibility, Visibility::Private);
+        assert_eq!(r.disk_format, None);
+        assert_eq!(r.upload_id.len(), 32);
+    }
+
+    #[test]
+    fn the_daemons_own_properties_cannot_be_set() {
+        for key in [
+            "architecture",
+            "os_distro",
+            "os_version",
+            MARKER_DAEMON,
+            MARKER_UPLOAD,
+            "name",
+        ] {
+            let mut f = fields();
+            f.properties.insert(key.into(), "x".into());
+            assert_eq!(
+                UploadRequest::parse(f, None).unwrap_err().field,
+                "properties",
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_revisions_and_unknown_formats_are_refused() {
+        let mut f = fields();
+        f.num_revisions = 0;
+        assert_eq!(
+            UploadRequest::parse(f, None).unwrap_err().field,
+            "num_revisions"
+        );
+        let mut f = fields();
+        f.disk_format = Some("qcow3".into());
+        assert_eq!(
+            UploadRequest::parse(f, None).unwrap_err().field,
+            "disk_format"
+        );
+        let mut f = fields();
+        f.visibility = Some("everyone".into());
+        assert_eq!(
+            UploadRequest::parse(f, None).unwrap_err().field,
+            "visibility"
+        );
+    }
+}
