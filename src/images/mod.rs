@@ -9,6 +9,7 @@ pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod request;
 pub(crate) mod source;
+pub(crate) mod src_path;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -209,17 +210,19 @@ impl ImageService {
         }
     }
 
+    /// Judges and opens `src_path` as one step, off the async worker threads.
+    async fn open_source(&self, src_path: &std::path::Path) -> Result<SourceFile, ImageError> {
+        let path = src_path.to_path_buf();
+        let dirs = self.settings.upload_dirs.clone();
+        tokio::task::spawn_blocking(move || src_path::open_within(&path, &dirs))
+            .await
+            .map_err(|e| ImageError::Internal(format!("opening src_path: {e}")))?
+            .map_err(ImageError::from)
+    }
+
     async fn run_upload(&self, request: UploadRequest) -> Result<UploadOutcome, ImageError> {
         // Where the file is, before whether it exists: path_not_allowed comes first.
-        let resolved = source::resolve(&request.src_path)?;
-        if !source::is_allowed(&resolved, &self.settings.upload_dirs) {
-            return Err(SourceError::NotAllowed {
-                path: request.src_path.clone(),
-                resolved,
-            }
-            .into());
-        }
-        let source = SourceFile::open(&resolved)?;
+        let source = self.open_source(&request.src_path).await?;
         let session = self.clouds.session(request.cloud.as_deref())?;
         let cloud = session.name().to_string();
         let name = request.family.image_name(&self.settings.template);
@@ -401,7 +404,22 @@ impl ImageService {
         let deadline = tokio::time::Instant::now() + self.settings.upload_stall_timeout;
         let mut delay = Duration::from_millis(100);
         loop {
-            let image = session.glance().get(id).await.map_err(ImageError::Upload)?;
+            let image = match session.glance().get(id).await {
+                Ok(image) => image,
+                // Another unit's newer upload of the same name may prune this one
+                // as an old revision the moment it is active: say so.
+                Err(OpenStackError::Api { status: 404, .. }) => {
+                    return Err(ImageError::Verification {
+                        cloud: session.name().to_string(),
+                        image_id: id.to_string(),
+                        detail: "the image was deleted before it could be verified (a newer \
+                                 upload of the same name, e.g. by another unit, prunes older \
+                                 revisions)"
+                            .to_string(),
+                    })
+                }
+                Err(err) => return Err(ImageError::Upload(err)),
+            };
             match image.status {
                 ImageStatus::Active => return Ok(image),
                 status if status.is_processing() && tokio::time::Instant::now() < deadline => {

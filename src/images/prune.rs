@@ -14,11 +14,20 @@ pub(crate) fn is_stale(image: &Image, now: DateTime<Utc>, stale_age: std::time::
     image.status.is_unfinished_upload() && age.to_std().is_ok_and(|age| age > stale_age)
 }
 
+/// How images are ordered, oldest to newest: `created_at` (whole seconds in
+/// Glance), then id; the order of Glance's `sort=created_at:desc,id:desc`.
+fn order_key(image: &Image) -> (DateTime<Utc>, &str) {
+    (image.created_at, image.id.as_str())
+}
+
 /// The images of one name to delete, given every image of that name (any status):
 ///
 /// - active images, newest first (`created_at`, then id): the new image and the
 ///   newest others are kept up to `num_revisions` in all; the rest go, except a
-///   protected image (counted when among the kept, never deleted);
+///   protected image (counted when among the kept, never deleted) and an image
+///   newer than the new one: that is another unit's upload, which prunes after
+///   it, so the newest image always survives and "latest" is never empty (the
+///   count may exceed `num_revisions` until the next upload);
 /// - unfinished uploads older than `stale_age` go (whoever made them); younger
 ///   ones are never touched: another unit may be uploading;
 /// - the new image is never deleted.
@@ -29,22 +38,24 @@ pub(crate) fn plan_prune(
     now: DateTime<Utc>,
     stale_age: std::time::Duration,
 ) -> Vec<String> {
+    // Without the new image in the list we cannot tell which images are newer
+    // than it: delete no active image rather than guess.
+    let newest_kept = images.iter().find(|i| i.id == new_id).map(order_key);
     let mut active: Vec<&Image> = images
         .iter()
         .filter(|i| i.is_active() && i.id != new_id)
         .collect();
-    active.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then_with(|| b.id.cmp(&a.id))
-    });
+    active.sort_by(|a, b| order_key(b).cmp(&order_key(a)));
     let keep_others = num_revisions.saturating_sub(1) as usize;
-    let mut delete: Vec<String> = active
-        .iter()
-        .skip(keep_others)
-        .filter(|i| !i.protected)
-        .map(|i| i.id.clone())
-        .collect();
+    let mut delete: Vec<String> = match newest_kept {
+        None => Vec::new(),
+        Some(new_key) => active
+            .iter()
+            .skip(keep_others)
+            .filter(|i| !i.protected && order_key(i) < new_key)
+            .map(|i| i.id.clone())
+            .collect(),
+    };
     delete.extend(
         images
             .iter()
@@ -100,12 +111,34 @@ mod tests {
     }
 
     #[test]
-    fn the_new_image_is_kept_even_when_another_is_newer() {
+    fn an_image_newer_than_the_new_one_is_never_deleted() {
+        // Unit A's slow upload ("new") ends after unit B's newer one ("b").
         let images = vec![
-            image("other", Active, 0, false),
+            image("b", Active, 0, false),
             image("new", Active, 1, false),
+            image("old", Active, 5, false),
         ];
-        assert_eq!(plan_prune(&images, "new", 1, now(), HOUR), vec!["other"]);
+        assert_eq!(plan_prune(&images, "new", 1, now(), HOUR), vec!["old"]);
+        // B prunes after A: A's image is older than B's, so it goes.
+        assert_eq!(plan_prune(&images, "b", 1, now(), HOUR), vec!["new", "old"]);
+    }
+
+    #[test]
+    fn in_the_same_second_the_larger_id_is_the_newer() {
+        // Glance's created_at has whole seconds: two uploads that finish together.
+        let images = vec![image("a", Active, 0, false), image("z", Active, 0, false)];
+        assert!(plan_prune(&images, "a", 1, now(), HOUR).is_empty());
+        assert_eq!(plan_prune(&images, "z", 1, now(), HOUR), vec!["a"]);
+    }
+
+    #[test]
+    fn without_the_new_image_in_the_list_no_active_image_is_deleted() {
+        let images = vec![
+            image("a", Active, 1, false),
+            image("b", Active, 2, false),
+            image("stale", Queued, 120, false),
+        ];
+        assert_eq!(plan_prune(&images, "gone", 1, now(), HOUR), vec!["stale"]);
     }
 
     #[test]

@@ -7,5 +7,7 @@ mod faults;
 mod foundation;
 mod helpers;
 mod images;
+mod src_path;
 mod tls;
 mod tokens;
+mod units;
