@@ -21,6 +21,17 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
 pub(crate) async fn status(State(state): State<AppState>) -> Json<Value> {
     // One snapshot: the clouds and the default from the same set, even while a
     // PUT /v1/clouds replaces it.

@@ -47,6 +47,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/health", get(handlers::health))
         .merge(protected)
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -58,8 +59,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let ok = presented.is_some_and(|token| {
         bool::from(token.as_bytes().ct_eq(state.api_token.expose().as_bytes()))
     });
@@ -68,6 +68,16 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     } else {
         axum::response::IntoResponse::into_response(ApiError::unauthorized())
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched
+/// case-insensitively (RFC 7235 section 2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// One line per request: method, path, status, duration. Never headers or bodies.
@@ -84,4 +94,19 @@ async fn log_request(request: Request, next: Next) -> Response {
         tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer abc"] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }

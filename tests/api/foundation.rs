@@ -349,3 +349,47 @@ fn log_format_json_writes_one_json_object_per_line() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn every_answer_is_json_and_the_bearer_scheme_is_case_insensitive() {
+    let d = spawn_daemon(&Bed::get().clouds_document(), |_| {}).await;
+    let url = |path: &str| format!("{}{path}", d.base);
+    // A method the endpoint does not take, with and without a token.
+    for request in [
+        d.http
+            .delete(url("/v1/images/latest"))
+            .bearer_auth(&d.token),
+        d.http.put(url("/v1/health")),
+        d.http.get(url("/v1/images")).bearer_auth(&d.token),
+    ] {
+        let a = d.send(request).await;
+        assert!(a.status == 405 || a.status == 401, "{a:?}");
+        assert!(
+            a.body["error"]["code"].is_string(),
+            "not the contract's JSON: {a:?}"
+        );
+    }
+    let a = d
+        .send(
+            d.http
+                .delete(url("/v1/images/latest"))
+                .bearer_auth(&d.token),
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (405, "method_not_allowed"), "{a:?}");
+    let a = d
+        .send(d.http.get(url("/v2/nothing")).bearer_auth(&d.token))
+        .await;
+    assert_eq!((a.status, a.code()), (404, "not_found"), "{a:?}");
+
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let a = d
+            .send(
+                d.http
+                    .get(url("/v1/status"))
+                    .header("Authorization", format!("{scheme} {}", d.token)),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{scheme}: {a:?}");
+    }
+}
