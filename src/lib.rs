@@ -32,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub(crate) mod http;
 pub(crate) mod images;
+pub(crate) mod jobs;
 pub mod openstack;
 pub(crate) mod runtime;
 pub mod secret;
