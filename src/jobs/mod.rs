@@ -16,7 +16,7 @@
 //! - `table`: the jobs by id and by key.
 
 // Until wired (issue #8): the handlers, the image service and the daemon call this next.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod job;
 pub mod model;
