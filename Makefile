@@ -46,3 +46,9 @@ lint:
 systemd-check:
 	cargo build
 	tests/systemd/check-unit.sh systemd/openstack-image-helper.service target/debug/openstack-image-helper
+
+# The unit under a real systemd 252 (PID 1 in systemd-nspawn) against the test bed:
+# start gated by READY=1, upload and latest, the watchdog, a clean stop. As root.
+systemd-test: bed
+	cargo build
+	tests/systemd/nspawn-test.sh

@@ -38,7 +38,7 @@ grep -q "^ExecStart=$(realpath "$binary") " "$copy" || {
 failed=0
 echo "check-unit: systemd-analyze verify $unit (ExecStart= -> $binary)"
 if ! verify_out=$(systemd-analyze verify "$copy" 2>&1) || [[ -n $verify_out ]]; then
-  echo "$verify_out" | sed 's/^/  /'
+  printf '%s\n' "$verify_out" | sed 's/^/  /'
   echo "check-unit: FAIL: systemd-analyze verify is not clean"
   failed=1
 fi
