@@ -201,7 +201,6 @@ cleanup() {
 
 # --- the bed's Keystone and Glance, as the test's own observer --------------------
 bed_ok=
-created_images=()
 keystone_token() {
   # shellcheck disable=SC1091
   local body
@@ -226,13 +225,21 @@ check_bed() {
   bed_ok=1
 }
 
+# Every image of this run (its names all hold $app_name), whoever made it.
 delete_test_images() {
   [[ -n $bed_ok ]] || return 0
   local id
-  for id in "${created_images[@]}"; do
+  for id in $(glance_images "$app_name" | cut -d: -f1); do
     glance -o /dev/null -X DELETE "$GLANCE_URL/v2/images/$id" || true
   done
 }
+
+# glance_images TEXT: "id:status" of the project's images whose name holds TEXT.
+glance_images() {
+  glance "$GLANCE_URL/v2/images?limit=1000" |
+    python3 -c 'import json, sys; [print(i["id"] + ":" + i["status"]) for i in json.load(sys.stdin)["images"] if sys.argv[1] in i["name"]]' "$1"
+}
+glance_has_image() { [[ -n $(glance_images "$1") ]]; }
 
 # --- install: the one place that knows how the daemon gets into the tree ----------
 # Until the Debian package exists, this is what a charm would do by hand: the binary
@@ -388,7 +395,6 @@ check_upload_and_latest() {
   size=$(in_ct stat -c %s "$image_file")
   image_id=$(cli upload --base jammy --app-name "$app_name" --arch x64 --num-revisions 1 --src-path "$image_file")
   [[ -n $image_id ]] || die "upload printed no image id"
-  created_images+=("$image_id")
   say "ok: uploaded $image_id"
   local image
   image=$(glance "$GLANCE_URL/v2/images/$image_id")
@@ -473,12 +479,12 @@ pending_stop_upload() {
   local big=$state/images/nspawn-big.img
   in_ct sh -c "head -c 314572800 /dev/urandom >'$big' && chmod 0644 '$big'"
   in_ct sh -c "openstack-image-helper --config '$config' upload --base jammy --app-name '$app_name-big' --arch x64 --num-revisions 1 --src-path '$big' >/dev/null 2>&1 &"
-  sleep 2
+  # Stop only once the image exists in Glance: the upload is under way.
+  wait_for "the upload to reach Glance" 150 glance_has_image "jammy-$app_name-big-x64"
   in_ct systemctl stop "$unit"
   expect "ExecMainStatus after a stop during an upload" 0 "$(show ExecMainStatus)"
   local left
-  left=$(glance "$GLANCE_URL/v2/images?name=jammy-$app_name-big-x64" |
-    python3 -c 'import json, sys; print(" ".join(i["id"] + ":" + i["status"] for i in json.load(sys.stdin)["images"] if i["status"] != "active"))')
+  left=$(glance_images "jammy-$app_name-big-x64" | grep -v ':active$' || true)
   [[ -z $left ]] || die "unfinished images after the stop: $left"
   say "ok: no unfinished image after a stop during an upload"
 }
