@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
 TEST_TOKEN_LIFETIME ?= 60
 
-.PHONY: demo test unit bed bed-down bench build fmt lint deps
+.PHONY: demo test unit bed bed-down bench build fmt lint deps systemd-check systemd-test
 
 # Debian packages the demo and the tests use (qcow2 images are made with qemu-img).
 deps:
@@ -41,3 +41,14 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+# The systemd unit: `systemd-analyze verify` clean and a security exposure of at most 2.0.
+systemd-check:
+	cargo build
+	tests/systemd/check-unit.sh systemd/openstack-image-helper.service target/debug/openstack-image-helper
+
+# The unit under a real systemd 252 (PID 1 in systemd-nspawn) against the test bed:
+# start gated by READY=1, upload and latest, the watchdog, a clean stop. As root.
+systemd-test: bed
+	cargo build
+	tests/systemd/nspawn-test.sh
