@@ -9,7 +9,7 @@
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-(($# == 1)) && [[ -n $1 ]] || die "usage: failed-auths.sh USER (a user name or id)"
+if (($# != 1)) || [[ -z $1 ]]; then die "usage: failed-auths.sh USER (a user name or id)"; fi
 log_file=$BED/keystone/keystone.log
 [[ -f $log_file ]] || die "no Keystone log at $log_file: is the bed up (tests/openstack/up.sh)?"
 # A fixed-string prefilter keeps it fast on a long log; python reads the JSON.

@@ -13,11 +13,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 services=()
 while [[ ${1:-} == --svc ]]; do
   [[ -n ${2:-} ]] || die "--svc needs a service name"
-  [[ $2 == glance* ]] && svc_port "$2" >/dev/null || die "unknown Glance service '$2' (expected one of: ${GLANCE_SERVICES[*]})"
+  if [[ " ${GLANCE_SERVICES[*]} " != *" $2 "* ]]; then
+    die "unknown Glance service '$2' (expected one of: ${GLANCE_SERVICES[*]})"
+  fi
   services+=("$2")
   shift 2
 done
-(($# == 1)) && [[ -n $1 ]] || die "usage: glance-requests.sh [--svc SVC]... STRING"
+if (($# != 1)) || [[ -z $1 ]]; then die "usage: glance-requests.sh [--svc SVC]... STRING"; fi
 ((${#services[@]})) || services=("${GLANCE_SERVICES[@]}")
 files=()
 for svc in "${services[@]}"; do files+=("$BED/$svc/requests.log"); done

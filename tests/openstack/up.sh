@@ -26,7 +26,7 @@ sha() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -d' ' -f1; }
 fresh() { [[ "$(cat "$1" 2>/dev/null)" == "$2" ]]; }
 
 ensure_debs() {
-  local missing=() cmd pkg
+  local missing=() cmd
   for cmd in curl:curl setsid:util-linux flock:util-linux sha256sum:coreutils awk:mawk; do
     command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd#*:}")
   done
