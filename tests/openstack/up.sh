@@ -99,6 +99,9 @@ buffer-size = 65535
 # uWSGI's http-socket closes every connection after one response; say so, or
 # pooling clients reuse a dead connection and get connection-reset errors.
 add-header = Connection: close
+# SQLite's database-is-locked error becomes a deadlock that oslo.db retries.
+pythonpath = $OSIH_HERE/pyhooks
+import = osih_sqlite_retry
 pidfile = $d/$svc.pid
 logto = $d/uwsgi.log
 req-logger = file:$d/requests.log
@@ -245,7 +248,7 @@ healthy() { [[ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$(health_url "$1"
 
 fingerprint() {
   local d=$BED/$1
-  sha "$d/uwsgi.ini" "$d/"*.conf "$VENV/.osih-constraints.sha256" "$d/db.stamp"
+  sha "$d/uwsgi.ini" "$d/"*.conf "$VENV/.osih-constraints.sha256" "$d/db.stamp" "$OSIH_HERE/pyhooks/"*.py
 }
 
 fail_start() {
