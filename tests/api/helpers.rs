@@ -53,13 +53,18 @@ impl Bed {
         })
     }
 
+    /// The clouds a plain daemon gets: cloud A's `charm`, `charm-appcred` and
+    /// `admin`. The bed's clouds.yaml also has cloud B (`charm-b`) and the
+    /// domain-scoped `charm-domain` that the daemon refuses: add them with
+    /// `cloud_entry` where a test wants them.
     pub fn clouds_document(&self) -> String {
-        std::fs::read_to_string(&self.clouds_yaml).expect("the bed's clouds.yaml")
+        clouds_document(&["charm", "charm-appcred", "admin"].map(|n| (n, self.cloud_entry(n))))
     }
 
     /// One cloud of the bed's clouds.yaml as a YAML mapping, to build documents from.
     pub fn cloud_entry(&self, name: &str) -> serde_yaml::Value {
-        let doc: serde_yaml::Value = serde_yaml::from_str(&self.clouds_document()).unwrap();
+        let text = std::fs::read_to_string(&self.clouds_yaml).expect("the bed's clouds.yaml");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         doc["clouds"][name].clone()
     }
 

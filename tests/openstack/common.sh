@@ -13,11 +13,18 @@ GLANCE_PORT=${OSIH_GLANCE_PORT:-9292}
 # so that a test can hit "image too large" without capping everybody's Glance.
 GLANCE_CAPPED_PORT=${OSIH_GLANCE_CAPPED_PORT:-9293}
 GLANCE_CAPPED_SIZE=${OSIH_GLANCE_CAPPED_SIZE:-16777216}
+# Cloud B's Glance API: its own database and store, the image endpoint of
+# RegionTwo in the catalog (clouds.yaml entry charm-b).
+GLANCE_B_PORT=${OSIH_GLANCE_B_PORT:-9294}
 TOKEN_LIFETIME=${OSIH_TOKEN_LIFETIME:-3600}
 IMAGE_SIZE_CAP=${OSIH_GLANCE_IMAGE_SIZE_CAP:-}
 HOST=127.0.0.1
 KEYSTONE_URL=http://$HOST:$KEYSTONE_PORT/v3
 GLANCE_URL=http://$HOST:$GLANCE_PORT
+GLANCE_B_URL=http://$HOST:$GLANCE_B_PORT
+# The services up.sh runs, in start order; each has its dir <bed>/SVC.
+GLANCE_SERVICES=(glance glance-capped glance-b)
+SERVICES=(keystone "${GLANCE_SERVICES[@]}")
 
 # Serialise up.sh/down.sh runs on one bed (tests may call up.sh in parallel).
 lock_bed() {
@@ -45,8 +52,10 @@ svc_pid() {
 svc_port() {
   case $1 in
     keystone) echo "$KEYSTONE_PORT" ;;
+    glance) echo "$GLANCE_PORT" ;;
     glance-capped) echo "$GLANCE_CAPPED_PORT" ;;
-    *) echo "$GLANCE_PORT" ;;
+    glance-b) echo "$GLANCE_B_PORT" ;;
+    *) die "unknown service '$1' (expected one of: ${SERVICES[*]})" ;;
   esac
 }
 

@@ -14,10 +14,14 @@ import requests
 BED = os.environ["BED"]
 KS = os.environ["KEYSTONE_URL"].rstrip("/")
 GLANCE_URL = os.environ["GLANCE_URL"]
-REGION = "RegionOne"
+GLANCE_B_URL = os.environ["GLANCE_B_URL"]
+# The image endpoint of each region: cloud B is RegionTwo.
+IMAGE_ENDPOINTS = {"RegionOne": GLANCE_URL, "RegionTwo": GLANCE_B_URL}
 ADMIN_PW = os.environ["ADMIN_PASSWORD"]
 GLANCE_PW = os.environ["GLANCE_PASSWORD"]
 CHARM_PW = os.environ["CHARM_PASSWORD"]
+CHARM_B_PW = os.environ["CHARM_B_PASSWORD"]
+DOMAIN_PW = os.environ["DOMAIN_PASSWORD"]
 APPCRED_FILE = os.path.join(BED, "appcred.json")
 
 S = requests.Session()
@@ -75,13 +79,14 @@ def role_id(name):
     return found[0]["id"] if found else None
 
 
-def grant(project_id, user_id, role):
+def grant(target, user_id, role):
+    """Give user_id ROLE on target, e.g. "projects/<id>" or "domains/default"."""
     rid = role_id(role)
     if rid is None:
         rid = create("/roles", "role", {"name": role})["id"]
-    r = S.put(f"{KS}/projects/{project_id}/users/{user_id}/roles/{rid}", headers=H)
+    r = S.put(f"{KS}/{target}/users/{user_id}/roles/{rid}", headers=H)
     if r.status_code not in (200, 204):
-        fail(f"grant {role}", r)
+        fail(f"grant {role} on {target}", r)
 
 
 def password_works(user, pw, project):
@@ -90,11 +95,13 @@ def password_works(user, pw, project):
     return S.post(f"{KS}/auth/tokens", json=body).status_code == 201
 
 
-def ensure_user(name, pw, project_id):
+def ensure_user(name, pw, project_id=None):
     found = get("/users", "users", name=name, domain_id="default")
     if not found:
-        return create("/users", "user", {"name": name, "domain_id": "default", "password": pw,
-                                         "default_project_id": project_id})
+        user = {"name": name, "domain_id": "default", "password": pw}
+        if project_id:
+            user["default_project_id"] = project_id
+        return create("/users", "user", user)
     user = found[0]
     if not password_works(name, pw, project_id):
         # Keep the password in sync with the bed's secrets. This revokes the
@@ -110,27 +117,41 @@ service_project = ensure("/projects", "project", "service", {"domain_id": "defau
                          domain_id="default")
 charm_project = ensure("/projects", "project", "charm-project", {"domain_id": "default"},
                        domain_id="default")
+charm_b_project = ensure("/projects", "project", "charm-b-project", {"domain_id": "default"},
+                         domain_id="default")
 
 glance_user = ensure_user("glance", GLANCE_PW, service_project["id"])
-grant(service_project["id"], glance_user["id"], "admin")
-grant(service_project["id"], glance_user["id"], "service")
+grant(f"projects/{service_project['id']}", glance_user["id"], "admin")
+grant(f"projects/{service_project['id']}", glance_user["id"], "service")
 
 charm_user = ensure_user("charm", CHARM_PW, charm_project["id"])
-grant(charm_project["id"], charm_user["id"], "member")
+grant(f"projects/{charm_project['id']}", charm_user["id"], "member")
 
-# Image service + endpoints.
+# Cloud B: its own user and project, its images in RegionTwo's Glance.
+charm_b_user = ensure_user("charm-b", CHARM_B_PW, charm_b_project["id"])
+grant(f"projects/{charm_b_project['id']}", charm_b_user["id"], "member")
+
+# A user with a role on the Default domain and on no project: its cloud entry
+# gets a domain-scoped token, which the daemon must refuse.
+domain_user = ensure_user("charm-domain", DOMAIN_PW)
+grant("domains/default", domain_user["id"], "member")
+
+# Image service + endpoints, one set per region.
+if S.get(f"{KS}/regions/RegionTwo", headers=H).status_code == 404:
+    create("/regions", "region", {"id": "RegionTwo", "description": "cloud B of the test bed"})
 svc = next((s for s in get("/services", "services", type="image") if s["name"] == "glance"), None)
 if svc is None:
     svc = create("/services", "service", {"name": "glance", "type": "image", "enabled": True})
 endpoints = get("/endpoints", "endpoints", service_id=svc["id"])
-for iface in ("public", "internal", "admin"):
-    mine = [e for e in endpoints if e["interface"] == iface]
-    if mine and mine[0]["url"] == GLANCE_URL and mine[0]["region_id"] == REGION and len(mine) == 1:
-        continue
-    for e in mine:
-        S.delete(f"{KS}/endpoints/{e['id']}", headers=H)
-    create("/endpoints", "endpoint",
-           {"service_id": svc["id"], "interface": iface, "url": GLANCE_URL, "region_id": REGION})
+for region, url in IMAGE_ENDPOINTS.items():
+    for iface in ("public", "internal", "admin"):
+        mine = [e for e in endpoints if e["interface"] == iface and e["region_id"] == region]
+        if len(mine) == 1 and mine[0]["url"] == url:
+            continue
+        for e in mine:
+            S.delete(f"{KS}/endpoints/{e['id']}", headers=H)
+        create("/endpoints", "endpoint",
+               {"service_id": svc["id"], "interface": iface, "url": url, "region_id": region})
 
 # Application credential for charm (created as charm, as a user would).
 charm_token, tok = password_token("charm", CHARM_PW, "charm-project")
@@ -175,5 +196,7 @@ if cred is None:
 
 with open(os.path.join(BED, "ids.json"), "w") as f:
     json.dump({"charm_user_id": charm_user["id"], "charm_project_id": charm_project["id"],
+               "charm_b_user_id": charm_b_user["id"], "charm_b_project_id": charm_b_project["id"],
+               "domain_user_id": domain_user["id"],
                "service_project_id": service_project["id"], "glance_user_id": glance_user["id"],
                "image_service_id": svc["id"]}, f, indent=1)

@@ -22,8 +22,11 @@ put() {
 # sha FILE...: a digest of the files' contents (missing files count as empty).
 sha() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -d' ' -f1; }
 
+# fresh STAMP WANT: the stamp file STAMP holds WANT (a step done with these inputs).
+fresh() { [[ "$(cat "$1" 2>/dev/null)" == "$2" ]]; }
+
 ensure_debs() {
-  local missing=() cmd pkg
+  local missing=() cmd
   for cmd in curl:curl setsid:util-linux flock:util-linux sha256sum:coreutils awk:mawk; do
     command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd#*:}")
   done
@@ -37,7 +40,7 @@ ensure_debs() {
 ensure_venv() {
   local want
   want=$(sha "$CONSTRAINTS")
-  if [[ -x $VENV/bin/python && "$(cat "$VENV/.osih-constraints.sha256" 2>/dev/null)" == "$want" ]] &&
+  if [[ -x $VENV/bin/python ]] && fresh "$VENV/.osih-constraints.sha256" "$want" &&
     "$VENV/bin/python" -c '' 2>/dev/null; then
     return 0
   fi
@@ -45,7 +48,7 @@ ensure_venv() {
   mkdir -p "$(dirname "$VENV")"
   exec 8>"$VENV.lock"
   flock -w 900 8 || die "timed out waiting for $VENV.lock"
-  if [[ -x $VENV/bin/python && "$(cat "$VENV/.osih-constraints.sha256" 2>/dev/null)" == "$want" ]]; then
+  if [[ -x $VENV/bin/python ]] && fresh "$VENV/.osih-constraints.sha256" "$want"; then
     exec 8>&-
     return 0
   fi
@@ -64,21 +67,47 @@ ensure_venv() {
 }
 
 # ---------------------------------------------------------------- secrets
+# Fixed test-only passwords. A bed made before a password was added gets the
+# new line appended; existing lines are kept.
 ensure_secrets() {
-  if [[ ! -s $BED/secrets.env ]]; then
-    cat >"$BED/secrets.env" <<'EOF'
-# Fixed test-only passwords of the local OpenStack test bed.
-ADMIN_PASSWORD=osih-admin-secret
-GLANCE_PASSWORD=osih-glance-secret
-CHARM_PASSWORD=osih-charm-secret
-EOF
-    chmod 600 "$BED/secrets.env"
-  fi
+  local line
+  [[ -s $BED/secrets.env ]] || echo "# Fixed test-only passwords of the local OpenStack test bed." >"$BED/secrets.env"
+  chmod 600 "$BED/secrets.env"
+  for line in ADMIN_PASSWORD=osih-admin-secret GLANCE_PASSWORD=osih-glance-secret \
+    CHARM_PASSWORD=osih-charm-secret CHARM_B_PASSWORD=osih-charm-b-secret DOMAIN_PASSWORD=osih-domain-secret; do
+    grep -q "^${line%%=*}=" "$BED/secrets.env" || echo "$line" >>"$BED/secrets.env"
+  done
   # shellcheck disable=SC1091
   source "$BED/secrets.env"
 }
 
 # ---------------------------------------------------------------- config
+# render_uwsgi SVC PORT MODULE [LINE...]: SVC's uwsgi.ini, the LINEs added to the
+# settings every service shares. Each request is logged, one line, to
+# <bed>/SVC/requests.log (tests count calls there: glance-requests.sh).
+render_uwsgi() {
+  local svc=$1 port=$2 module=$3 d=$BED/$1
+  shift 3
+  put "$d/uwsgi.ini" "[uwsgi]
+http-socket = $HOST:$port
+module = $module
+$(printf '%s\n' "$@")
+enable-threads = true
+need-app = true
+die-on-term = true
+buffer-size = 65535
+# uWSGI's http-socket closes every connection after one response; say so, or
+# pooling clients reuse a dead connection and get connection-reset errors.
+add-header = Connection: close
+# SQLite's database-is-locked error becomes a deadlock that oslo.db retries.
+pythonpath = $OSIH_HERE/pyhooks
+import = osih_sqlite_retry
+pidfile = $d/$svc.pid
+logto = $d/uwsgi.log
+req-logger = file:$d/requests.log
+log-format = %(method) %(uri) %(status) %(size) %(msecs)ms pid=%(pid) at=%(tmsecs)"
+}
+
 render_keystone() {
   local d=$BED/keystone
   put "$d/keystone.conf" "[DEFAULT]
@@ -105,29 +134,24 @@ key_repository = $d/credential-keys
 enabled = true
 backend = dogpile.cache.memory
 
+# Every failed password check (identity.authenticate, outcome failure, with the
+# user's id and name) is a CADF notification written to keystone.log: the
+# count of password attempts per user (failed-auths.sh).
+[oslo_messaging_notifications]
+driver = log
+
 [oslo_concurrency]
 lock_path = $d/locks"
-  put "$d/uwsgi.ini" "[uwsgi]
-http-socket = $HOST:$KEYSTONE_PORT
-module = keystone.wsgi.api:application
-processes = 1
-threads = 8
-enable-threads = true
-need-app = true
-die-on-term = true
-buffer-size = 65535
-# uWSGI's http-socket closes every connection after one response; say so, or
-# pooling clients reuse a dead connection and get connection-reset errors.
-add-header = Connection: close
-pidfile = $d/keystone.pid
-logto = $d/uwsgi.log"
+  render_uwsgi keystone "$KEYSTONE_PORT" keystone.wsgi.api:application "processes = 1" "threads = 8"
 }
 
-# render_glance SVC PORT CAP: a Glance API; every one shares glance/'s database and the store.
+# render_glance SVC PORT CAP DB STORE: a Glance API answering on PORT, with the
+# database and staging of service DB (itself, or another Glance it shares them
+# with) and its image data in <bed>/STORE.
 render_glance() {
-  local svc=$1 port=$2 d=$BED/$1 cap=""
+  local svc=$1 port=$2 cap="" d=$BED/$1 db=$BED/$4 store=$BED/$5
   [[ -n $3 ]] && cap="image_size_cap = $3"
-  mkdir -p "$d/locks"
+  mkdir -p "$d/locks" "$db/staging" "$db/tasks" "$store"
   put "$d/glance-api.conf" "[DEFAULT]
 log_file = $d/glance.log
 debug = false
@@ -138,19 +162,19 @@ python_interpreter = $VENV/bin/python
 $cap
 
 [database]
-connection = sqlite:///$BED/glance/glance.db?timeout=30
+connection = sqlite:///$db/glance.db?timeout=30
 
 [glance_store]
 default_backend = fs
 
 [fs]
-filesystem_store_datadir = $BED/images/
+filesystem_store_datadir = $store/
 
 [os_glance_staging_store]
-filesystem_store_datadir = $BED/glance/staging/
+filesystem_store_datadir = $db/staging/
 
 [os_glance_tasks_store]
-filesystem_store_datadir = $BED/glance/tasks/
+filesystem_store_datadir = $db/tasks/
 
 [keystone_authtoken]
 www_authenticate_uri = $KEYSTONE_URL
@@ -173,25 +197,11 @@ config_file = $d/glance-api-paste.ini
 
 [oslo_concurrency]
 lock_path = $d/locks"
-  put "$d/uwsgi.ini" "[uwsgi]
-http-socket = $HOST:$port
-module = glance.wsgi.api:application
-# Two processes: Glance hashes uploads in Python, and one process's GIL would
-# make every other call wait behind an upload.
-processes = 2
-threads = 8
-# A master process, so that stopping it stops its workers.
-master = true
-enable-threads = true
-need-app = true
-die-on-term = true
-buffer-size = 65535
-add-header = Connection: close
-socket-timeout = 600
-chunked-input-limit = 10485760
-chunked-input-timeout = 600
-pidfile = $d/$svc.pid
-logto = $d/uwsgi.log"
+  # Two processes: Glance hashes uploads in Python, and one process's GIL would
+  # make every other call wait behind an upload. A master process, so that
+  # stopping it stops its workers.
+  render_uwsgi "$svc" "$port" glance.wsgi.api:application "processes = 2" "threads = 8" "master = true" \
+    "socket-timeout = 600" "chunked-input-limit = 10485760" "chunked-input-timeout = 600"
   [[ -f $d/glance-api-paste.ini ]] || cp "$VENV/etc/glance/glance-api-paste.ini" "$d/glance-api-paste.ini"
 }
 
@@ -201,7 +211,7 @@ wal() { "$VENV/bin/python" -c 'import sqlite3,sys; sqlite3.connect(sys.argv[1]).
 init_keystone_db() {
   local d=$BED/keystone want
   want=$(sha "$VENV/.osih-constraints.sha256" <(echo "$KEYSTONE_URL $ADMIN_PASSWORD"))
-  [[ -f $d/keystone.db && "$(cat "$d/db.stamp" 2>/dev/null)" == "$want" ]] && return 0
+  [[ -f $d/keystone.db ]] && fresh "$d/db.stamp" "$want" && return 0
   [[ -f $d/keystone.db ]] || rm -f "$d/db.stamp" "$BED/provision.stamp" "$BED/appcred.json"
   local km=("$VENV/bin/keystone-manage" --config-file "$d/keystone.conf")
   mkdir -p "$d/fernet-keys" "$d/credential-keys" "$d/locks"
@@ -219,11 +229,11 @@ init_keystone_db() {
   echo "$want" >"$d/db.stamp"
 }
 
+# init_glance_db SVC: the database of a Glance that has one of its own.
 init_glance_db() {
-  local d=$BED/glance want
+  local d=$BED/$1 want
   want=$(sha "$VENV/.osih-constraints.sha256")
-  [[ -f $d/glance.db && "$(cat "$d/db.stamp" 2>/dev/null)" == "$want" ]] && return 0
-  mkdir -p "$d/staging" "$d/tasks" "$d/locks"
+  [[ -f $d/glance.db ]] && fresh "$d/db.stamp" "$want" && return 0
   { "$VENV/bin/glance-manage" --config-file "$d/glance-api.conf" db_sync && wal "$d/glance.db"; } \
     >"$d/manage.log" 2>&1 || { tail -30 "$d/manage.log" >&2; die "glance-manage db_sync failed (log: $d/manage.log)"; }
   echo "$want" >"$d/db.stamp"
@@ -238,14 +248,14 @@ healthy() { [[ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$(health_url "$1"
 
 fingerprint() {
   local d=$BED/$1
-  sha "$d/uwsgi.ini" "$d/"*.conf "$VENV/.osih-constraints.sha256" "$d/db.stamp"
+  sha "$d/uwsgi.ini" "$d/"*.conf "$VENV/.osih-constraints.sha256" "$d/db.stamp" "$OSIH_HERE/pyhooks/"*.py
 }
 
 fail_start() {
   local svc=$1 msg=$2 f
   {
     echo "openstack-bed: ERROR: $svc $msg"
-    for f in "$BED/$svc/uwsgi.log" "$BED/$svc/$svc.log"; do
+    for f in "$BED/$svc/uwsgi.log" "$BED/$svc/"{keystone,glance}.log; do
       [[ -f $f ]] && { echo "----- tail of $f"; tail -n 40 "$f"; }
     done
   } >&2
@@ -261,7 +271,7 @@ ensure_running() {
   port=$(svc_port "$svc")
   fp=$(fingerprint "$svc")
   if pid=$(svc_pid "$svc"); then
-    if [[ "$(cat "$d/running.fp" 2>/dev/null)" == "$fp" ]] && healthy "$svc"; then
+    if fresh "$d/running.fp" "$fp" && healthy "$svc"; then
       return 0
     fi
     log "restarting $svc (configuration changed or unhealthy)"
@@ -295,15 +305,32 @@ ensure_running() {
 # ---------------------------------------------------------------- provisioning
 provision() {
   local want
-  want=$(sha "$BED/keystone/db.stamp" <(echo "$KEYSTONE_URL $GLANCE_URL") "$BED/secrets.env" "$OSIH_HERE/provision.py")
-  if [[ "$(cat "$BED/provision.stamp" 2>/dev/null)" == "$want" && -s $BED/appcred.json ]]; then
-    return 0
-  fi
-  BED=$BED KEYSTONE_URL=$KEYSTONE_URL GLANCE_URL=$GLANCE_URL ADMIN_PASSWORD=$ADMIN_PASSWORD \
-    GLANCE_PASSWORD=$GLANCE_PASSWORD CHARM_PASSWORD=$CHARM_PASSWORD \
+  want=$(sha "$BED/keystone/db.stamp" <(echo "$KEYSTONE_URL $GLANCE_URL $GLANCE_B_URL") "$BED/secrets.env" "$OSIH_HERE/provision.py")
+  fresh "$BED/provision.stamp" "$want" && [[ -s $BED/appcred.json ]] && return 0
+  BED=$BED KEYSTONE_URL=$KEYSTONE_URL GLANCE_URL=$GLANCE_URL GLANCE_B_URL=$GLANCE_B_URL \
+    ADMIN_PASSWORD=$ADMIN_PASSWORD GLANCE_PASSWORD=$GLANCE_PASSWORD CHARM_PASSWORD=$CHARM_PASSWORD \
+    CHARM_B_PASSWORD=$CHARM_B_PASSWORD DOMAIN_PASSWORD=$DOMAIN_PASSWORD \
     "$VENV/bin/python" "$OSIH_HERE/provision.py" || die "provisioning Keystone failed"
   echo "$want" >"$BED/provision.stamp"
 }
+
+# password_cloud NAME USER PASSWORD SCOPE REGION: a clouds.yaml entry with
+# password auth in the Default domain; SCOPE is the auth's scope line(s).
+password_cloud() {
+  echo "  $1:
+    auth_type: password
+    auth:
+      auth_url: $KEYSTONE_URL
+      username: $2
+      password: $3
+      user_domain_name: Default
+$4
+    region_name: $5
+    interface: public
+    identity_api_version: 3"
+}
+
+project_scope() { printf '      project_name: %s\n      project_domain_name: Default' "$1"; }
 
 write_client_files() {
   local ac_id ac_secret
@@ -311,18 +338,7 @@ write_client_files() {
   ac_secret=$(sed -n 's/.*"secret": *"\([^"]*\)".*/\1/p' "$BED/appcred.json")
   put "$BED/clouds.yaml" "# Generated by tests/openstack/up.sh
 clouds:
-  charm:
-    auth_type: password
-    auth:
-      auth_url: $KEYSTONE_URL
-      username: charm
-      password: $CHARM_PASSWORD
-      project_name: charm-project
-      user_domain_name: Default
-      project_domain_name: Default
-    region_name: RegionOne
-    interface: public
-    identity_api_version: 3
+$(password_cloud charm charm "$CHARM_PASSWORD" "$(project_scope charm-project)" RegionOne)
   charm-appcred:
     auth_type: v3applicationcredential
     auth:
@@ -332,27 +348,21 @@ clouds:
     region_name: RegionOne
     interface: public
     identity_api_version: 3
-  admin:
-    auth_type: password
-    auth:
-      auth_url: $KEYSTONE_URL
-      username: admin
-      password: $ADMIN_PASSWORD
-      project_name: admin
-      user_domain_name: Default
-      project_domain_name: Default
-    region_name: RegionOne
-    interface: public
-    identity_api_version: 3"
+$(password_cloud admin admin "$ADMIN_PASSWORD" "$(project_scope admin)" RegionOne)
+$(password_cloud charm-b charm-b "$CHARM_B_PASSWORD" "$(project_scope charm-b-project)" RegionTwo)
+$(password_cloud charm-domain charm-domain "$DOMAIN_PASSWORD" "      domain_name: Default" RegionOne)"
   put "$BED/env" "# source me: settings of the running OpenStack test bed
 export OSIH_BED_DIR=$BED
 export OSIH_BED_VENV=$VENV
 export KEYSTONE_URL=$KEYSTONE_URL
 export GLANCE_URL=$GLANCE_URL
+export GLANCE_B_URL=$GLANCE_B_URL
 export OS_CLIENT_CONFIG_FILE=$BED/clouds.yaml
 export OSIH_TOKEN_LIFETIME=$TOKEN_LIFETIME
 export OSIH_GLANCE_IMAGE_SIZE_CAP=$IMAGE_SIZE_CAP
 export OSIH_CHARM_PASSWORD=$CHARM_PASSWORD
+export OSIH_CHARM_B_PASSWORD=$CHARM_B_PASSWORD
+export OSIH_DOMAIN_PASSWORD=$DOMAIN_PASSWORD
 export OSIH_ADMIN_PASSWORD=$ADMIN_PASSWORD
 export OSIH_APPCRED_ID=$ac_id
 export OSIH_APPCRED_SECRET=$ac_secret
@@ -362,17 +372,19 @@ image_size_cap=$IMAGE_SIZE_CAP
 keystone_port=$KEYSTONE_PORT
 glance_port=$GLANCE_PORT
 glance_capped_port=$GLANCE_CAPPED_PORT
-glance_capped_size=$GLANCE_CAPPED_SIZE"
+glance_capped_size=$GLANCE_CAPPED_SIZE
+glance_b_port=$GLANCE_B_PORT"
 }
 
-# Glance with a charm token: proves keystonemiddleware <-> Keystone works.
+# check_glance_auth SVC USER PASSWORD PROJECT: Glance SVC accepts USER's token,
+# which proves keystonemiddleware <-> Keystone works.
 check_glance_auth() {
-  local tok code
-  tok=$(curl -s -D - -o /dev/null -m 10 -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"id\":\"default\"},\"password\":\"$CHARM_PASSWORD\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"id\":\"default\"}}}}}" \
+  local svc=$1 user=$2 pw=$3 project=$4 tok code
+  tok=$(curl -s -D - -o /dev/null -m 10 -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"$user\",\"domain\":{\"id\":\"default\"},\"password\":\"$pw\"}}},\"scope\":{\"project\":{\"name\":\"$project\",\"domain\":{\"id\":\"default\"}}}}}" \
     "$KEYSTONE_URL/auth/tokens" | tr -d '\r' | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p')
-  [[ -n $tok ]] || fail_start keystone "did not issue a token for charm"
-  code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' -H "X-Auth-Token: $tok" "$GLANCE_URL/v2/images?limit=1")
-  [[ $code == 200 ]] || fail_start glance "answered GET /v2/images with HTTP $code for a valid token"
+  [[ -n $tok ]] || fail_start keystone "did not issue a token for $user"
+  code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' -H "X-Auth-Token: $tok" "http://$HOST:$(svc_port "$svc")/v2/images?limit=1")
+  [[ $code == 200 ]] || fail_start "$svc" "answered GET /v2/images with HTTP $code for a valid token of $user"
 }
 
 # ---------------------------------------------------------------- main
@@ -382,17 +394,21 @@ lock_bed
 ensure_venv
 ensure_secrets
 render_keystone
-render_glance glance "$GLANCE_PORT" "$IMAGE_SIZE_CAP"
-render_glance glance-capped "$GLANCE_CAPPED_PORT" "$GLANCE_CAPPED_SIZE"
+render_glance glance "$GLANCE_PORT" "$IMAGE_SIZE_CAP" glance images
+render_glance glance-capped "$GLANCE_CAPPED_PORT" "$GLANCE_CAPPED_SIZE" glance images
+render_glance glance-b "$GLANCE_B_PORT" "" glance-b images-b
 init_keystone_db
-init_glance_db
+init_glance_db glance
+init_glance_db glance-b
 ensure_running keystone
 provision
 write_client_files
-ensure_running glance
-ensure_running glance-capped
-((${#STARTED[@]} == 0)) || check_glance_auth
+for svc in "${GLANCE_SERVICES[@]}"; do ensure_running "$svc"; done
+if ((${#STARTED[@]})); then
+  check_glance_auth glance charm "$CHARM_PASSWORD" charm-project
+  check_glance_auth glance-b charm-b "$CHARM_B_PASSWORD" charm-b-project
+fi
 elapsed=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
 started=${STARTED[*]:-nothing}
-log "up in ${elapsed}s (started: ${started// /, }): keystone $KEYSTONE_URL, glance $GLANCE_URL,"
-log "  clouds.yaml $BED/clouds.yaml (clouds charm, charm-appcred, admin); env: source $BED/env"
+log "up in ${elapsed}s (started: ${started// /, }): keystone $KEYSTONE_URL, glance $GLANCE_URL, cloud B's glance $GLANCE_B_URL,"
+log "  clouds.yaml $BED/clouds.yaml (clouds charm, charm-appcred, admin, charm-b, charm-domain); env: source $BED/env"
