@@ -8,6 +8,7 @@ pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod request;
+mod shared_calls;
 pub(crate) mod source;
 pub(crate) mod src_path;
 
@@ -27,6 +28,7 @@ use crate::openstack::OpenStackError;
 use names::{FieldError, ImageFamily, ImageName, NameTemplate};
 use progress::{InFlight, UploadPhase, UploadProgress};
 pub(crate) use request::{UploadFields, UploadRequest};
+use shared_calls::SharedCalls;
 use source::{HashAlgo, SourceError, SourceFile};
 
 /// The property that marks images made by this daemon installation (its daemon id).
@@ -134,6 +136,9 @@ pub(crate) struct ImageService {
     in_flight: InFlight,
     /// The `os_hash_algo` each cloud was last seen to use.
     hash_algos: Mutex<HashMap<String, HashAlgo>>,
+    /// Concurrent identical "latest" queries share Glance calls, keyed by the
+    /// session (its address: a replaced cloud is another key) and the name.
+    latest_calls: SharedCalls<(usize, ImageName), Result<Option<Image>, OpenStackError>>,
 }
 
 impl ImageService {
@@ -144,6 +149,7 @@ impl ImageService {
             locks: Mutex::new(HashMap::new()),
             in_flight: InFlight::default(),
             hash_algos: Mutex::new(HashMap::new()),
+            latest_calls: SharedCalls::new(),
         })
     }
 
@@ -159,9 +165,12 @@ impl ImageService {
     ) -> Result<LatestImage, ImageError> {
         let session = self.clouds.session(cloud)?;
         let name = family.image_name(&self.settings.template);
-        let image = session
-            .glance()
-            .latest_active(name.as_str())
+        let key = (Arc::as_ptr(&session) as usize, name.clone());
+        let image = self
+            .latest_calls
+            .run(key, || async {
+                session.glance().latest_active(name.as_str()).await
+            })
             .await
             .map_err(ImageError::Get)?;
         Ok(LatestImage {

@@ -35,7 +35,7 @@ impl std::fmt::Display for Service {
 
 /// Everything that can go wrong talking to OpenStack. Every variant names the cloud;
 /// none carries a secret (URLs never hold one, bodies are OpenStack's own messages).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenStackError {
     /// Keystone refused the credentials (401 on `POST /v3/auth/tokens`).
     #[error("cloud '{cloud}': Keystone rejected the credentials ({status}): {message}")]
