@@ -3,6 +3,7 @@
 //! One test binary with a module per feature, so it links once.
 
 mod cli;
+mod clouds_put;
 mod faults;
 mod foundation;
 mod helpers;
