@@ -2,6 +2,7 @@
 //! CLI binary), against the real Keystone and Glance of `tests/openstack/up.sh`.
 //! One test binary with a module per feature, so it links once.
 
+mod activation;
 mod cli;
 mod clouds_put;
 mod faults;
