@@ -6,6 +6,7 @@ mod activation;
 mod cli;
 mod clouds_put;
 mod faults;
+mod file_changes;
 mod foundation;
 mod helpers;
 mod images;
