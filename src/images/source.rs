@@ -53,6 +53,9 @@ pub(crate) struct SourceFile {
     /// The file's size and times at open time: while it is read, any change
     /// means the bytes sent may mix the old file and the new one.
     pub(crate) stamp: FileStamp,
+    /// The disk format its first bytes say, read at open time (where blocking
+    /// reads are allowed: open runs on a blocking thread).
+    detected_format: DiskFormat,
 }
 
 /// What tells that a file was written: its size, modification and change times.
@@ -122,11 +125,13 @@ impl SourceFile {
                 reason: format!("not a regular file ({})", kind(&meta)),
             });
         }
+        let detected_format = detect_disk_format(&file);
         Ok(SourceFile {
             path: path.to_path_buf(),
             file,
             size: meta.len(),
             stamp: FileStamp::of(&meta),
+            detected_format,
         })
     }
 
@@ -144,14 +149,20 @@ impl SourceFile {
         Self::from_open(file, path)
     }
 
-    /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`.
-    /// Glance inspects uploads against the declared format, so this must be right.
+    /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`,
+    /// as read when the file was opened (no I/O here: this runs on the async
+    /// workers). Glance inspects uploads against the declared format, so this
+    /// must be right.
     pub(crate) fn detect_disk_format(&self) -> DiskFormat {
-        let mut magic = [0u8; 4];
-        match self.file.read_at(&mut magic, 0) {
-            Ok(4) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
-            _ => DiskFormat::Raw,
-        }
+        self.detected_format
+    }
+}
+
+fn detect_disk_format(file: &File) -> DiskFormat {
+    let mut magic = [0u8; 4];
+    match file.read_at(&mut magic, 0) {
+        Ok(4) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
+        _ => DiskFormat::Raw,
     }
 }
 
@@ -284,6 +295,7 @@ fn read_and_hash(
         mut file,
         size,
         stamp,
+        ..
     } = source;
     let read_error = |reason: String| SourceError::Read {
         path: path.clone(),
