@@ -144,6 +144,7 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
             template: config.image_name_template.clone(),
             stale_upload_age: config.stale_upload_age,
             upload_stall_timeout: config.upload_stall_timeout,
+            activation_timeout: config.activation_timeout,
             daemon_id: runtime.daemon_id.clone(),
             upload_dirs: runtime.upload_dirs.clone(),
         },

@@ -21,6 +21,7 @@
 //! - [`systemd`]: readiness and watchdog notifications.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`secret`]: the wrapper that keeps passwords and tokens out of logs.
+//! - `parser_props` (tests only): property tests of the request, config and clouds.yaml parsers.
 //! - `closed_set!`: an enum for a closed set of words, its text written once.
 
 #[macro_use]
@@ -34,6 +35,8 @@ pub(crate) mod http;
 pub(crate) mod images;
 pub(crate) mod jobs;
 pub mod openstack;
+#[cfg(test)]
+mod parser_props;
 pub(crate) mod runtime;
 pub mod secret;
 pub(crate) mod systemd;

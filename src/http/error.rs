@@ -128,6 +128,7 @@ impl From<ImageError> for ApiError {
             ImageError::Source(SourceError::Abandoned)
             | ImageError::Verification { .. }
             | ImageError::Stalled { .. }
+            | ImageError::NotActivated { .. }
             | ImageError::FileChanged { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "upload_image_failed", message)
             }

@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
 //! into [`UploadRequest`]s and [`ImageError`]s into status codes.
 
+pub(crate) mod activation;
 pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;
@@ -14,8 +15,7 @@ pub(crate) mod src_path;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +25,7 @@ use crate::openstack::glance::{Image, ImageQuery, ImageStatus, NewImage};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
+use activation::UploadClocks;
 use names::{FieldError, ImageFamily, ImageName, NameTemplate};
 use progress::{InFlight, UploadPhase, UploadProgress};
 pub(crate) use request::{UploadFields, UploadRequest};
@@ -45,6 +46,9 @@ pub(crate) struct ImageSettings {
     pub(crate) stale_upload_age: Duration,
     /// `upload_stall_timeout`: no byte progress for this long aborts an upload.
     pub(crate) upload_stall_timeout: Duration,
+    /// `activation_timeout`: after the last byte, how long Glance may take to
+    /// answer the data upload and report the image active.
+    pub(crate) activation_timeout: Duration,
     /// This installation's id, the value of [`MARKER_DAEMON`].
     pub(crate) daemon_id: String,
     /// `upload_dirs`, resolved at start-up.
@@ -78,6 +82,14 @@ pub(crate) enum ImageError {
         cloud: String,
         image_id: String,
         after: Duration,
+    },
+    /// After the last byte, Glance did not finish within `activation_timeout`.
+    #[error("cloud '{cloud}': Glance did not finish image {image_id} within activation_timeout ({}) after the last byte: still waiting for {waiting_for}; the image was deleted", humantime::format_duration(*after))]
+    NotActivated {
+        cloud: String,
+        image_id: String,
+        after: Duration,
+        waiting_for: String,
     },
     /// The file could not be read to the end as it was at the start.
     #[error("{source}; the image was deleted")]
@@ -335,14 +347,16 @@ impl ImageService {
             source::stream_with_digests(source, algo, progress.sent_bytes.clone(), cancel.clone());
         let glance = session.glance();
         let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
-        let stall = self.settings.upload_stall_timeout;
+        let clocks = UploadClocks {
+            stall: self.settings.upload_stall_timeout,
+            activation: self.settings.activation_timeout,
+        };
+        let last_byte = OnceLock::new();
         let result = tokio::select! {
             r = upload => r.map_err(ImageError::Upload),
-            _ = watch_for_stall(&progress.sent_bytes, stall) => Err(ImageError::Stalled {
-                cloud: cloud.clone(),
-                image_id: created.id.clone(),
-                after: stall,
-            }),
+            end = activation::watch_upload(&progress.sent_bytes, size, clocks, &last_byte) => {
+                Err(end.error(&cloud, &created.id, clocks))
+            }
         };
         // A file that changed under us explains a failed upload better than the
         // connection error it caused, so the reader's verdict comes first.
@@ -363,7 +377,13 @@ impl ImageService {
         };
 
         progress.set_phase(UploadPhase::Verifying);
-        let image = self.wait_until_active(session, &created.id).await?;
+        let since = last_byte
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        let image =
+            activation::wait_until_active(session, &created.id, since + clocks.activation, clocks)
+                .await?;
         let mismatch = |detail: String| ImageError::Verification {
             cloud: cloud.clone(),
             image_id: created.id.clone(),
@@ -405,45 +425,6 @@ impl ImageService {
             }
         }
         Ok(image)
-    }
-
-    /// Polls the image until it is active (immediately with the file store; later
-    /// with stores or plugins that process the data).
-    async fn wait_until_active(&self, session: &Session, id: &str) -> Result<Image, ImageError> {
-        let deadline = tokio::time::Instant::now() + self.settings.upload_stall_timeout;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let image = match session.glance().get(id).await {
-                Ok(image) => image,
-                // Another unit's newer upload of the same name may prune this one
-                // as an old revision the moment it is active: say so.
-                Err(OpenStackError::Api { status: 404, .. }) => {
-                    return Err(ImageError::Verification {
-                        cloud: session.name().to_string(),
-                        image_id: id.to_string(),
-                        detail: "the image was deleted before it could be verified (a newer \
-                                 upload of the same name, e.g. by another unit, prunes older \
-                                 revisions)"
-                            .to_string(),
-                    })
-                }
-                Err(err) => return Err(ImageError::Upload(err)),
-            };
-            match image.status {
-                ImageStatus::Active => return Ok(image),
-                status if status.is_processing() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                other => {
-                    return Err(ImageError::Verification {
-                        cloud: session.name().to_string(),
-                        image_id: id.to_string(),
-                        detail: format!("the image is '{other}' after the upload, not 'active'"),
-                    })
-                }
-            }
-        }
     }
 
     /// Deletes old revisions of `name` by [`prune::plan_prune`]. Failures do not fail
@@ -557,50 +538,5 @@ impl ImageService {
                 tracing::info!(count = reaped.len(), "reaper deleted abandoned uploads");
             }
         }
-    }
-}
-
-/// Resolves when `sent` has not moved for `stall`.
-async fn watch_for_stall(sent: &std::sync::atomic::AtomicU64, stall: Duration) {
-    let tick = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut last = sent.load(Ordering::Relaxed);
-    let mut last_change = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(tick).await;
-        let now_sent = sent.load(Ordering::Relaxed);
-        if now_sent != last {
-            last = now_sent;
-            last_change = tokio::time::Instant::now();
-        } else if last_change.elapsed() >= stall {
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stall_is_noticed_only_after_no_progress_for_the_timeout() {
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let feeder = {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                for _ in 0..20 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        };
-        let started = tokio::time::Instant::now();
-        watch_for_stall(&sent, Duration::from_secs(5)).await;
-        // Progress every second for 20 s, then silence: stall declared at ~25 s.
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_secs(24) && waited <= Duration::from_secs(27),
-            "{waited:?}"
-        );
-        feeder.await.unwrap();
     }
 }

@@ -2,8 +2,11 @@
 //! CLI binary), against the real Keystone and Glance of `tests/openstack/up.sh`.
 //! One test binary with a module per feature, so it links once.
 
+mod activation;
 mod cli;
+mod clouds_put;
 mod faults;
+mod file_changes;
 mod foundation;
 mod helpers;
 mod images;
