@@ -1,5 +1,7 @@
 //! The configured clouds and their sessions, replaced as a whole by `PUT /v1/clouds`.
 
+mod reload;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
