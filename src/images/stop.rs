@@ -24,10 +24,15 @@ impl ImageService {
         request: UploadRequest,
     ) -> Result<UploadOutcome, ImageError> {
         let name = request.family.image_name(&self.settings.template);
+        // The cloud as the upload will resolve it (the default when none is named).
+        let cloud = match self.clouds.session(request.cloud.as_deref()) {
+            Ok(session) => session.name().to_string(),
+            Err(_) => request.cloud.clone().unwrap_or_default(),
+        };
         let span = tracing::info_span!(
             "upload",
             upload_id = %request.upload_id,
-            cloud = request.cloud.as_deref().unwrap_or("(default)"),
+            %cloud,
             image = %name,
         );
         let upload_id = request.upload_id.clone();
