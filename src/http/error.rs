@@ -138,6 +138,9 @@ impl From<ImageError> for ApiError {
             ImageError::Internal(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
             }
+            ImageError::ShuttingDown | ImageError::Interrupted { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
         }
     }
 }

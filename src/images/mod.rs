@@ -12,6 +12,7 @@ pub(crate) mod request;
 mod shared_calls;
 pub(crate) mod source;
 pub(crate) mod src_path;
+mod stop;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub(crate) struct ImageSettings {
     pub(crate) daemon_id: String,
     /// `upload_dirs`, resolved at start-up.
     pub(crate) upload_dirs: Vec<PathBuf>,
+    /// The daemon's stop: uploads run as its tasks (see `stop.rs`).
+    pub(crate) shutdown: crate::shutdown::Shutdown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,12 @@ pub(crate) enum ImageError {
     /// The upload task ended abnormally (a bug); the image may remain for the reaper.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The daemon is stopping (`503 shutting_down`).
+    #[error("the daemon is shutting down and takes no new uploads")]
+    ShuttingDown,
+    /// The stop's `shutdown_grace` ended before the upload (`503 shutting_down`).
+    #[error("the upload was interrupted by the daemon's stop (shutdown_grace is over) {detail}")]
+    Interrupted { detail: String },
 }
 
 /// The answer to "latest": the image name always, the image when there is one.
@@ -198,10 +207,7 @@ impl ImageService {
         self: &Arc<Self>,
         request: UploadRequest,
     ) -> Result<UploadOutcome, ImageError> {
-        let service = self.clone();
-        tokio::spawn(async move { service.run_upload(request).await })
-            .await
-            .map_err(|e| ImageError::Internal(format!("upload task: {e}")))?
+        self.run_upload_task(request).await
     }
 
     fn lock_for(&self, cloud: &str, name: &ImageName) -> NameLock {
@@ -241,7 +247,10 @@ impl ImageService {
             .map_err(ImageError::from)
     }
 
-    async fn run_upload(&self, request: UploadRequest) -> Result<UploadOutcome, ImageError> {
+    pub(crate) async fn run_upload(
+        &self,
+        request: UploadRequest,
+    ) -> Result<UploadOutcome, ImageError> {
         // Where the file is, before whether it exists: path_not_allowed comes first.
         let source = self.open_source(&request.src_path).await?;
         let session = self.clouds.session(request.cloud.as_deref())?;
@@ -478,6 +487,7 @@ impl ImageService {
                 }
             }
         }
+        crate::metrics::images_pruned(session.name(), pruned.len());
         (pruned, failed)
     }
 
@@ -524,6 +534,7 @@ impl ImageService {
                 }
             }
         }
+        crate::metrics::images_reaped(session.name(), reaped.len());
         Ok(reaped)
     }
 

@@ -7,6 +7,8 @@
 //! untouched: charm hooks send the same clouds on every run, and each run must not
 //! cost a Keystone login nor a write.
 
+mod reload;
+
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -164,7 +164,13 @@ impl Session {
             Arc::new(move || {
                 let client = client.clone();
                 let cloud = cloud.clone();
-                Box::pin(async move { keystone::issue_token(&client, &cloud).await })
+                Box::pin(async move {
+                    crate::metrics::observe_token_request(
+                        &cloud.name,
+                        keystone::issue_token(&client, &cloud),
+                    )
+                    .await
+                })
             })
         };
         Ok(Self::with_issuer(cloud, clients, margin, issuer))
@@ -192,6 +198,11 @@ impl Session {
 
     pub(crate) fn name(&self) -> &str {
         &self.cloud.name
+    }
+
+    /// The cloud's settings (a reload keeps the session when they are unchanged).
+    pub(crate) fn cloud(&self) -> &CloudConfig {
+        &self.cloud
     }
 
     fn current(&self) -> Option<Arc<Authenticated>> {
@@ -339,7 +350,9 @@ impl Session {
             } else {
                 None
             };
-            let result = client.execute(pending).await;
+            let result =
+                crate::metrics::observe_openstack(service, &operation, client.execute(pending))
+                    .await;
             let retry_reason = match (&result, &spare) {
                 (_, None) => None,
                 // A connection the server closed while it sat in the pool fails
