@@ -11,6 +11,7 @@ use crate::clouds::{CloudsError, CloudsFile};
 use crate::config::{Config, ConfigError, Listen};
 use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
+use crate::jobs::{JobSettings, Jobs, JobsError, Recovery};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::runtime::{prepare_runtime, RuntimeError};
 
@@ -24,6 +25,8 @@ pub enum DaemonError {
     Clouds(#[from] CloudsError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
     #[error("cannot listen on {listen}: {cause}")]
     Bind {
         listen: String,
@@ -123,6 +126,8 @@ fn load_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), DaemonError> {
 pub(crate) struct App {
     pub(crate) state: AppState,
     pub(crate) reaper_interval: std::time::Duration,
+    /// What opening the job store found: the images of interrupted jobs to delete.
+    pub(crate) recovery: Recovery,
 }
 
 /// Does the start-up work of the contract and wires the services together. The
@@ -149,13 +154,30 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
         },
         clouds.clone(),
     );
+    let (jobs, recovery) = Jobs::open(
+        &config.state_dir,
+        JobSettings {
+            max_concurrent_uploads: config.max_concurrent_uploads,
+            job_retention: config.job_retention,
+        },
+    )?;
+    if !recovery.interrupted.is_empty() || !recovery.moved_aside.is_empty() {
+        tracing::warn!(
+            interrupted = recovery.interrupted.len(),
+            images = recovery.images_to_delete.len(),
+            unreadable = recovery.moved_aside.len(),
+            "jobs a stop cut off are recorded failed (interrupted); deleting their images"
+        );
+    }
     Ok(App {
         state: AppState {
             images,
             clouds,
             api_token: Arc::new(runtime.api_token),
+            jobs: Arc::new(jobs),
         },
         reaper_interval: config.reaper_interval,
+        recovery,
     })
 }
 
@@ -166,8 +188,21 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let app = build(&config)?;
+    let mut app = build(&config)?;
+    let leftovers = std::mem::take(&mut app.recovery.images_to_delete);
+    app.state.images.delete_leftovers(leftovers);
     let reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
+    let jobs = app.state.jobs.clone();
+    let retention = tokio::spawn(jobs.clone().run_retention(retention_interval(&config)));
+    // From the signal on, no new job starts (503 shutting_down) and jobs still
+    // waiting for a slot end interrupted; uploads under way go on.
+    let shutdown = {
+        let jobs = jobs.clone();
+        async move {
+            shutdown.await;
+            jobs.close();
+        }
+    };
     let routes = router(app.state.clone());
     tracing::info!(
         listen = %listener.describe(),
@@ -189,12 +224,30 @@ pub async fn run(
         }
     };
     crate::systemd::notify_stopping();
+    // Jobs whose client is gone (wait=false) run on like the requests above did.
+    if jobs.running_tasks() > 0 {
+        tracing::info!(
+            jobs = jobs.running_tasks(),
+            "waiting for the uploads under way"
+        );
+    }
+    jobs.wait_tasks().await;
+    retention.abort();
     reaper.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
     tracing::info!("stopped");
     served.map_err(DaemonError::Serve)
+}
+
+/// How often jobs past `job_retention` are forgotten: a tenth of it, between a
+/// second and an hour.
+fn retention_interval(config: &Config) -> std::time::Duration {
+    (config.job_retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    )
 }
 
 /// A future that resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The

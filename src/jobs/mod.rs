@@ -14,14 +14,13 @@
 //! - `store`: one file per job, written atomically; reading them back at start-up.
 //! - `job`: one job in memory (atomics, a watch, its writes).
 //! - `table`: the jobs by id and by key.
-
-// Until wired (issue #8): the handlers, the image service and the daemon call this next.
-#![allow(dead_code, unused_imports)]
+//! - `tasks`: the tasks that run jobs, for a stop to wait for or abort.
 
 pub mod job;
 pub mod model;
 mod store;
 mod table;
+mod tasks;
 
 #[cfg(test)]
 mod tests;
@@ -36,16 +35,17 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use job::{ByteCounter, JobHandle, JobTask, UploadSlot, PROGRESS_PERSIST_INTERVAL};
+pub use job::{JobHandle, JobTask};
 pub use model::{
-    CloudProgress, CreatedImage, IdempotencyKey, InvalidIdempotencyKey, InvalidJobId, JobFailure,
-    JobId, JobRecord, JobRequest, JobState,
+    CloudProgress, CreatedImage, IdempotencyKey, InvalidIdempotencyKey, JobFailure, JobId,
+    JobRecord, JobRequest, JobState,
 };
 
 use job::JobShared;
 use model::Fingerprint;
 use store::{JobStore, StoredJob};
 use table::Table;
+use tasks::JobTasks;
 
 /// The daemon config's settings for jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,9 @@ pub struct JobSettings {
 /// A request to start a job.
 #[derive(Debug, Clone)]
 pub struct NewJob<R> {
+    /// The new job's id (a fresh [`JobId::random`]), chosen by the caller so that
+    /// what it prepares (e.g. the image's upload marker) can name the job.
+    pub id: JobId,
     /// The upload fields as the client sent them (shown in the record, compared
     /// with a retry's under the same key).
     pub request: R,
@@ -106,6 +109,7 @@ impl StateCounts {
     }
 
     /// Jobs that have not ended.
+    #[cfg(test)]
     pub fn unfinished(&self) -> usize {
         self.iter()
             .filter(|(s, _)| !s.is_terminal())
@@ -195,6 +199,8 @@ pub struct Jobs<R> {
     /// Held across "look up the key, or create and record the job", so two
     /// identical requests arriving at once get one job.
     submit: tokio::sync::Mutex<()>,
+    /// The tasks running jobs ([`Jobs::spawn`]).
+    tasks: JobTasks,
 }
 
 impl<R: JobRequest> Jobs<R> {
@@ -225,6 +231,7 @@ impl<R: JobRequest> Jobs<R> {
             settings,
             table: Mutex::new(Table::new()),
             submit: tokio::sync::Mutex::new(()),
+            tasks: JobTasks::default(),
         };
         let mut recovery = Recovery {
             moved_aside: scan.moved_aside,
@@ -261,8 +268,37 @@ impl<R: JobRequest> Jobs<R> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     pub fn settings(&self) -> JobSettings {
         self.settings
+    }
+
+    /// The job `key` names (running, or ended less than `job_retention` ago) when
+    /// it was made by the same `request`; [`JobsError::Conflict`] when by another.
+    /// A look-up before [`Jobs::submit`] (which decides again, atomically), so a
+    /// retry is answered before the request's file or cloud are looked at.
+    pub fn find_by_key(
+        &self,
+        key: &IdempotencyKey,
+        request: &R,
+    ) -> Result<Option<JobHandle<R>>, JobsError> {
+        let Some(job) = self.lock_table().by_key(key).cloned() else {
+            return Ok(None);
+        };
+        if job.expired(Utc::now(), self.settings.job_retention) {
+            return Ok(None);
+        }
+        let fingerprint = Fingerprint::of(request).map_err(|source| JobsError::Request {
+            job: job.id(),
+            source,
+        })?;
+        if job.fingerprint != fingerprint {
+            return Err(JobsError::Conflict {
+                key: key.clone(),
+                job: job.id(),
+            });
+        }
+        Ok(Some(JobHandle { shared: job }))
     }
 
     /// Starts a job, or, when `idempotency_key` names one (running, or ended less
@@ -270,7 +306,7 @@ impl<R: JobRequest> Jobs<R> {
     /// no task. The same key with another request is [`JobsError::Conflict`].
     /// The new job is on disk before this returns.
     pub async fn submit(&self, new: NewJob<R>) -> Result<Submitted<R>, JobsError> {
-        let id = JobId::random();
+        let id = new.id;
         let fingerprint = Fingerprint::of(&new.request)
             .map_err(|source| JobsError::Request { job: id, source })?;
         let _one_at_a_time = self.submit.lock().await;
@@ -341,7 +377,8 @@ impl<R: JobRequest> Jobs<R> {
         })
     }
 
-    /// A job's record, for `GET /v1/jobs/{id}`.
+    /// A job's record.
+    #[cfg(test)]
     pub fn get(&self, id: &JobId) -> Option<JobRecord<R>> {
         self.handle(id).map(|h| h.record())
     }
@@ -352,10 +389,19 @@ impl<R: JobRequest> Jobs<R> {
         Some(JobHandle { shared })
     }
 
-    /// Every job, the newest first, for `GET /v1/jobs`.
+    /// Every job's record, the newest first.
+    #[cfg(test)]
     pub fn list(&self) -> Vec<JobRecord<R>> {
         let jobs = self.lock_table().newest_first();
         jobs.iter().map(|job| job.snapshot()).collect()
+    }
+
+    /// Every job's handle, the newest first.
+    pub fn handles(&self) -> Vec<JobHandle<R>> {
+        let jobs = self.lock_table().newest_first();
+        jobs.into_iter()
+            .map(|shared| JobHandle { shared })
+            .collect()
     }
 
     /// How many jobs are in each state.
@@ -397,9 +443,41 @@ impl<R: JobRequest> Jobs<R> {
         self.ctx.slots.close();
     }
 
+    /// Runs a new job's `work` (which owns its [`JobTask`]) in a task of its own,
+    /// tracked for [`Jobs::wait_tasks`] and [`Jobs::abort_tasks`].
+    pub fn spawn(&self, job: JobId, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(job, work);
+    }
+
+    /// How many job tasks are still running.
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Waits until every job task spawned so far has ended (e.g. after
+    /// [`Jobs::close`], for up to `shutdown_grace`).
+    pub async fn wait_tasks(&self) {
+        self.tasks.wait().await;
+    }
+
+    /// Aborts every job task (the end of `shutdown_grace`): each records its job
+    /// `failed` (`interrupted`, once closed) as its [`JobTask`] drops. Then
+    /// [`Jobs::interrupt_unfinished`] gives the images to delete.
+    #[allow(
+        dead_code,
+        reason = "the stop after shutdown_grace (the operator issue) calls it"
+    )]
+    pub fn abort_tasks(&self) {
+        self.tasks.abort_all();
+    }
+
     /// The end of `shutdown_grace` (after [`Jobs::close`]): records every job that
     /// has not ended `failed`/`interrupted` and returns their images to delete.
     /// Abort the upload tasks first, so that none creates an image after this.
+    #[allow(
+        dead_code,
+        reason = "the stop after shutdown_grace (the operator issue) calls it"
+    )]
     pub async fn interrupt_unfinished(&self, message: &str) -> Vec<CreatedImage> {
         let jobs: Vec<_> = self.lock_table().all().cloned().collect();
         let mut images = Vec::new();
