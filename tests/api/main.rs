@@ -7,6 +7,8 @@ mod faults;
 mod foundation;
 mod helpers;
 mod images;
+mod jobs;
+mod openapi;
 mod src_path;
 mod tls;
 mod tokens;
