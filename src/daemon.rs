@@ -17,6 +17,7 @@ use crate::clouds::{CloudsError, CloudsFile};
 use crate::config::{Config, ConfigError, Listen};
 use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
+use crate::jobs::{JobRequest, JobSettings, Jobs, JobsError, Recovery};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::runtime::{prepare_runtime, RuntimeError};
 use crate::shutdown::Shutdown;
@@ -31,6 +32,8 @@ pub enum DaemonError {
     Clouds(#[from] CloudsError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
     #[error("cannot listen on {listen}: {cause}")]
     Bind {
         listen: String,
@@ -132,6 +135,8 @@ pub(crate) struct App {
     pub(crate) reaper_interval: std::time::Duration,
     /// The stop: uploads run as its tasks.
     pub(crate) shutdown: Shutdown,
+    /// What opening the job store found: the images of interrupted jobs to delete.
+    pub(crate) recovery: Recovery,
 }
 
 /// Does the start-up work of the contract and wires the services together. The
@@ -161,15 +166,62 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
         },
         clouds.clone(),
     );
+    let (jobs, recovery) = Jobs::open(
+        &config.state_dir,
+        JobSettings {
+            max_concurrent_uploads: config.max_concurrent_uploads,
+            job_retention: config.job_retention,
+        },
+    )?;
+    if !recovery.interrupted.is_empty() || !recovery.moved_aside.is_empty() {
+        tracing::warn!(
+            interrupted = recovery.interrupted.len(),
+            images = recovery.images_to_delete.len(),
+            unreadable = recovery.moved_aside.len(),
+            "jobs a stop cut off are recorded failed (interrupted); deleting their images"
+        );
+    }
+    let jobs = Arc::new(jobs);
+    register_stop_hooks(&shutdown, &jobs, &images);
     Ok(App {
         state: AppState {
             images,
             clouds,
             api_token: Arc::new(runtime.api_token),
+            jobs,
         },
         reaper_interval: config.reaper_interval,
         shutdown,
+        recovery,
     })
+}
+
+/// How the job store takes part in the stop: no new job once it begins; when
+/// `shutdown_grace` ends with jobs under way, they are recorded interrupted and
+/// their images deleted; once their tasks are gone, a last sweep of this
+/// daemon's unfinished images.
+fn register_stop_hooks<R: JobRequest>(
+    shutdown: &Shutdown,
+    jobs: &Arc<Jobs<R>>,
+    images: &Arc<ImageService>,
+) {
+    shutdown.on_stop({
+        let jobs = jobs.clone();
+        move || jobs.close()
+    });
+    shutdown.on_grace_end({
+        let (jobs, images) = (jobs.clone(), images.clone());
+        move || async move {
+            let created = jobs
+                .interrupt_unfinished("the daemon stopped and shutdown_grace ended during the job")
+                .await;
+            images.delete_after_stop(created).await;
+        }
+    });
+    shutdown.on_abort({
+        let images = images.clone();
+        move || async move { images.sweep_after_stop().await }
+    });
 }
 
 /// Where a daemon's config came from, so that a reload reads it again.
@@ -197,8 +249,16 @@ async fn run_controlled(
     stop_signal: impl Future<Output = ()> + Send + 'static,
     reloads: Option<(ConfigSource, mpsc::Receiver<()>)>,
 ) -> Result<(), DaemonError> {
-    let app = build(&config)?;
+    let mut app = build(&config)?;
+    let leftovers = std::mem::take(&mut app.recovery.images_to_delete);
+    app.state.images.delete_leftovers(leftovers);
     let mut reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
+    let retention = tokio::spawn(
+        app.state
+            .jobs
+            .clone()
+            .run_retention(retention_interval(&config)),
+    );
     let routes = router(app.state.clone());
     tracing::info!(
         listen = %listener.describe(),
@@ -225,6 +285,7 @@ async fn run_controlled(
         }
     };
     status.abort();
+    retention.abort();
     reaper.abort();
     tracing::info!("stopped");
     served.map_err(DaemonError::Serve)
@@ -333,6 +394,15 @@ fn reload_signal() -> std::io::Result<mpsc::Receiver<()>> {
         }
     });
     Ok(rx)
+}
+
+/// How often jobs past `job_retention` are forgotten: a tenth of it, between a
+/// second and an hour.
+fn retention_interval(config: &Config) -> std::time::Duration {
+    (config.job_retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    )
 }
 
 /// A future that resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The

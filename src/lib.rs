@@ -15,6 +15,10 @@
 //! - [`openstack`]: Keystone sessions (token refresh), Glance calls, the cloud registry.
 //! - [`images`]: names (and the name template), upload requests, upload +
 //!   verification, pruning, the reaper. Knows no HTTP.
+//! - [`api`]: the API's wire types (request and answer bodies), shared by the
+//!   handlers, the CLI and the OpenAPI document.
+//! - [`jobs`]: every upload is a job: recorded on disk, idempotency keys, upload
+//!   slots, restart recovery, retention. Knows no HTTP or Glance.
 //! - [`http`]: the API v1 router, auth, handlers and the error → status mapping.
 //! - [`daemon`]: `serve`: start-up rules, wiring, reload (`SIGHUP`), the stop (`SIGTERM`).
 //! - [`cli`]: the subcommands, and the client side of the API.
@@ -29,6 +33,7 @@
 #[macro_use]
 mod closed_set;
 
+pub(crate) mod api;
 pub mod cli;
 pub mod clouds;
 pub mod config;

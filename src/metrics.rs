@@ -23,9 +23,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::images::progress::{UploadPhase, UploadSnapshot};
-use crate::images::ImageService;
-use crate::jobs::JobState;
+use crate::jobs::{JobRequest, JobState, Jobs};
 use crate::openstack::{OpenStackError, Service};
 
 closed_set! {
@@ -290,28 +288,21 @@ pub(crate) async fn observe_token_request<T>(
     result
 }
 
-/// An upload ended (its progress as it was): its bytes sent, its duration,
-/// whether it was verified (only a verified upload reaches pruning). Hook: the
-/// upload's in-flight entry going away, however the upload ended.
-pub(crate) fn upload_ended(upload: &UploadSnapshot) {
+/// An upload ended: its bytes sent, whether it was verified, how long it took
+/// (from its submission). Hook: the end of the job's task.
+pub(crate) fn upload_ended(cloud: &str, sent_bytes: u64, succeeded: bool, seconds: f64) {
     let m = &*METRICS;
-    let cloud = upload.cloud.clone();
     m.uploaded_bytes
         .get_or_create(&CloudLabels {
-            cloud: cloud.clone(),
+            cloud: cloud.to_string(),
         })
-        .inc_by(upload.sent_bytes);
-    let result = if upload.phase == UploadPhase::Pruning {
-        "succeeded"
-    } else {
-        "failed"
-    };
-    let seconds = (chrono::Utc::now() - upload.started_at)
-        .to_std()
-        .unwrap_or_default()
-        .as_secs_f64();
+        .inc_by(sent_bytes);
+    let result = if succeeded { "succeeded" } else { "failed" };
     m.upload_duration
-        .get_or_create(&UploadLabels { cloud, result })
+        .get_or_create(&UploadLabels {
+            cloud: cloud.to_string(),
+            result,
+        })
         .observe(seconds);
 }
 
@@ -344,37 +335,22 @@ pub(crate) struct Gauges {
 }
 
 impl Gauges {
-    /// The gauges of a daemon: its uploads, and its jobs by state.
-    pub(crate) fn of(images: &ImageService) -> Gauges {
+    /// The gauges of a daemon: uploads holding a slot, and its jobs by state.
+    pub(crate) fn of<R: JobRequest>(jobs: &Jobs<R>) -> Gauges {
+        let counts = jobs.counts();
         Gauges {
-            uploads_in_flight: images.in_flight().count(),
-            jobs: jobs_by_state(images)
-                .into_iter()
+            uploads_in_flight: UPLOADING.iter().map(|s| counts.get(*s)).sum(),
+            jobs: counts
+                .iter()
                 .map(|(state, n)| (state.as_str(), n))
                 .collect(),
         }
     }
 }
 
-/// Jobs by state (every state, zeros included), for the metrics and the
-/// systemd status line. Until jobs are wired into the image service, the
-/// uploads under way, each in the state its job will have; once they are, this
-/// is `Jobs::counts()` (the one place to change).
-pub(crate) fn jobs_by_state(images: &ImageService) -> Vec<(JobState, usize)> {
-    let mut counts: Vec<(JobState, usize)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
-    for upload in images.in_flight().list() {
-        let state = match upload.phase {
-            UploadPhase::Waiting => JobState::Queued,
-            UploadPhase::Creating | UploadPhase::Uploading => JobState::Uploading,
-            UploadPhase::Verifying => JobState::Verifying,
-            UploadPhase::Pruning => JobState::Pruning,
-        };
-        if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
-            entry.1 += 1;
-        }
-    }
-    counts
-}
+/// The states of a job that holds an upload slot.
+pub(crate) const UPLOADING: [JobState; 3] =
+    [JobState::Uploading, JobState::Verifying, JobState::Pruning];
 
 /// The OpenMetrics text of every series, with the gauges set from `gauges`.
 pub(crate) fn render(gauges: &Gauges) -> String {

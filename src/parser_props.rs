@@ -13,10 +13,11 @@ use proptest::prelude::*;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
+use crate::api::UploadFields;
 use crate::clouds::CloudsFile;
 use crate::config::Config;
 use crate::images::names::ImageFamily;
-use crate::images::{UploadFields, UploadRequest};
+use crate::images::UploadRequest;
 
 fn config() -> ProptestConfig {
     ProptestConfig::with_cases(256)
@@ -140,24 +141,20 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn an_upload_request_is_a_value_or_a_field_error(
-        body in upload_body(),
-        request_id in prop::option::of(".{0,40}"),
-    ) {
+    fn an_upload_request_is_a_value_or_a_field_error(body in upload_body()) {
         let Ok(fields) = serde_json::from_value::<UploadFields>(body) else {
             return Ok(());
         };
-        if let Ok(request) = UploadRequest::parse(fields, request_id) {
+        if let Ok(request) = UploadRequest::parse(fields) {
             prop_assert!(request.num_revisions >= 1);
             prop_assert!(!request.properties.contains_key("architecture"));
-            prop_assert!(!request.upload_id.is_empty());
         }
     }
 
     #[test]
     fn an_upload_body_of_any_text_never_panics(text in ".{0,200}") {
         if let Ok(fields) = serde_json::from_str::<UploadFields>(&text) {
-            let _ = UploadRequest::parse(fields, None);
+            let _ = UploadRequest::parse(fields);
         }
     }
 

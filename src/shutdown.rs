@@ -6,9 +6,10 @@
 //! [`Shutdown`] is the one place that knows about the stop. Work that must not be
 //! cut off by it is [`Shutdown::spawn`]ed with what to do when the grace ends
 //! (its abort clean-up); parts that hold state of their own register hooks:
-//! [`Shutdown::on_stop`] runs when the stop begins (e.g. `Jobs::close`), and
-//! [`Shutdown::on_abort`] after the tasks were aborted (e.g.
-//! `Jobs::interrupt_unfinished`, then deleting the images it returns).
+//! [`Shutdown::on_stop`] runs when the stop begins (`Jobs::close`),
+//! [`Shutdown::on_grace_end`] when the grace ends with tasks under way
+//! (`Jobs::interrupt_unfinished`, then deleting the images it returns), and
+//! [`Shutdown::on_abort`] after those tasks were aborted (a last sweep).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +43,7 @@ struct Hooks {
     /// `false` once the stop began: [`Shutdown::spawn`] refuses.
     closed: bool,
     on_stop: Vec<StopHook>,
+    on_grace_end: Vec<AbortHook>,
     on_abort: Vec<AbortHook>,
 }
 
@@ -141,9 +143,7 @@ impl Shutdown {
         Ok(handle)
     }
 
-    /// `hook` runs when the stop begins (at once if it has).
-    // For the jobs wiring (issue #8): `Jobs::close`.
-    #[allow(dead_code)]
+    /// `hook` runs when the stop begins (at once if it has): `Jobs::close`.
     pub(crate) fn on_stop(&self, hook: impl FnOnce() + Send + 'static) {
         let mut hooks = self.hooks();
         if hooks.closed {
@@ -154,11 +154,22 @@ impl Shutdown {
         }
     }
 
+    /// `hook` runs when `shutdown_grace` ends with tasks still under way, before
+    /// they are aborted (they still exist: `Jobs::interrupt_unfinished` records
+    /// their jobs interrupted and says which images to delete). Not run when
+    /// every task ended in time.
+    pub(crate) fn on_grace_end<F>(&self, hook: impl FnOnce() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks()
+            .on_grace_end
+            .push(Box::new(move || Box::pin(hook()) as BoxFuture));
+    }
+
     /// `hook` runs after the tasks still under way at the end of `shutdown_grace`
-    /// were aborted (and their own clean-ups ended). Not run when every task
-    /// ended in time.
-    // For the jobs wiring (issue #8): `Jobs::interrupt_unfinished`, then delete its images.
-    #[allow(dead_code)]
+    /// were aborted (and their own clean-ups ended): the last sweep of images.
+    /// Not run when every task ended in time.
     pub(crate) fn on_abort<F>(&self, hook: impl FnOnce() -> F + Send + 'static)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -199,6 +210,10 @@ impl Shutdown {
             grace = %humantime::format_duration(grace),
             "shutdown_grace is over: aborting the uploads still under way and deleting their images"
         );
+        let on_grace_end = std::mem::take(&mut self.hooks().on_grace_end);
+        for hook in on_grace_end {
+            hook().await;
+        }
         self.inner.abort.cancel();
         tasks.wait().await;
         let on_abort = std::mem::take(&mut self.hooks().on_abort);

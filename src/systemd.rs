@@ -50,17 +50,12 @@ pub(crate) struct Activity {
 impl Activity {
     pub(crate) fn of(state: &AppState, stop: &Shutdown) -> Activity {
         let sessions = state.clouds.sessions();
-        let jobs = crate::metrics::jobs_by_state(&state.images);
-        let count = |wanted: &[JobState]| {
-            jobs.iter()
-                .filter(|(s, _)| wanted.contains(s))
-                .map(|(_, n)| n)
-                .sum()
-        };
+        let jobs = state.jobs.counts();
+        let count = |wanted: &[JobState]| wanted.iter().map(|s| jobs.get(*s)).sum();
         Activity {
             clouds: sessions.len(),
             authenticated: sessions.iter().filter(|s| s.status().authenticated).count(),
-            running: count(&[JobState::Uploading, JobState::Verifying, JobState::Pruning]),
+            running: count(&crate::metrics::UPLOADING),
             queued: count(&[JobState::Queued]),
             stopping: stop.is_stopping(),
         }

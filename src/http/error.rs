@@ -3,10 +3,11 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
+use crate::api::{ErrorBody, ErrorDetail};
 use crate::images::source::SourceError;
 use crate::images::ImageError;
+use crate::jobs::{JobFailure, JobsError};
 use crate::openstack::registry::RegistryError;
 use crate::openstack::OpenStackError;
 
@@ -47,6 +48,30 @@ impl ApiError {
         )
     }
 
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// The error a failed job answers a waiting `POST /v1/images` with: its code,
+    /// with the status the contract gives that code.
+    pub(crate) fn of_failure(failure: &JobFailure) -> Self {
+        let (status, code) = STATUS_OF_CODE
+            .iter()
+            .find(|(_, code)| *code == failure.code)
+            .copied()
+            .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, "internal_error"));
+        Self::new(status, code, failure.message.clone())
+    }
+
+    /// What a job records when it fails with this error.
+    pub(crate) fn to_failure(&self) -> JobFailure {
+        JobFailure::new(self.code, self.message.clone())
+    }
+
     /// An OpenStack failure; `code` is the operation's own (`get_image_failed`,
     /// `upload_image_failed`) for errors OpenStack answered.
     fn openstack(err: &OpenStackError, code: &'static str) -> Self {
@@ -78,6 +103,43 @@ impl ApiError {
     }
 }
 
+/// The status of each error code a job can end with (the contract's table).
+const STATUS_OF_CODE: &[(StatusCode, &str)] = &[
+    (StatusCode::BAD_REQUEST, "invalid_request"),
+    (StatusCode::BAD_REQUEST, "file_not_found"),
+    (StatusCode::FORBIDDEN, "path_not_allowed"),
+    (StatusCode::NOT_FOUND, "unknown_cloud"),
+    (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+    (StatusCode::UNPROCESSABLE_ENTITY, "openstack_unauthorized"),
+    (StatusCode::BAD_GATEWAY, "get_image_failed"),
+    (StatusCode::BAD_GATEWAY, "upload_image_failed"),
+    (StatusCode::BAD_GATEWAY, "openstack_connection_failed"),
+    (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+    (StatusCode::CONFLICT, "conflict"),
+    (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+    // A stop cut the job off: the daemon is (or was) going away.
+    (StatusCode::SERVICE_UNAVAILABLE, JobFailure::INTERRUPTED),
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+];
+
+impl From<JobsError> for ApiError {
+    fn from(err: JobsError) -> Self {
+        let message = err.to_string();
+        match err {
+            JobsError::Conflict { .. } => Self::conflict(message),
+            JobsError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            JobsError::Finished { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                JobFailure::INTERRUPTED,
+                message,
+            ),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -85,7 +147,12 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code, message = %self.message, "request refused");
         }
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -135,11 +202,10 @@ impl From<ImageError> for ApiError {
             ImageError::Cloud(registry) => registry.into(),
             ImageError::Get(os) => Self::openstack(&os, "get_image_failed"),
             ImageError::Upload(os) => Self::openstack(&os, "upload_image_failed"),
+            ImageError::UploadIdInUse(_) => Self::conflict(message),
+            ImageError::Job(job) => job.into(),
             ImageError::Internal(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
-            }
-            ImageError::ShuttingDown | ImageError::Interrupted { .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
         }
     }

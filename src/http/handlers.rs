@@ -1,24 +1,30 @@
-//! The handlers: parse at the edge, call the service, answer JSON.
+//! The handlers of health, status, clouds and latest: parse at the edge, call the
+//! service, answer JSON. Uploads and jobs are in [`jobs`](super::jobs).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa::IntoParams;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, TextBody};
+use super::extract::{ApiQuery, TextBody};
 use super::AppState;
+use crate::api::{CloudNames, ErrorBody, Health, Latest, Status};
 use crate::images::names::ImageFamily;
-use crate::images::{LatestImage, UploadFields, UploadOutcome, UploadRequest};
+use crate::jobs::JobState;
 
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// The process serves (no token needed).
+#[utoipa::path(get, path = "/v1/health", security(()),
+    responses((status = 200, body = Health)))]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+    })
 }
 
 pub(crate) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::not_found("no such endpoint")
 }
 
 pub(crate) async fn method_not_allowed(
@@ -32,38 +38,54 @@ pub(crate) async fn method_not_allowed(
     )
 }
 
-pub(crate) async fn status(State(state): State<AppState>) -> Json<Value> {
+/// The daemon's view of each cloud, and its jobs.
+#[utoipa::path(get, path = "/v1/status", responses(
+    (status = 200, body = Status),
+    (status = 401, body = ErrorBody, description = "unauthorized")))]
+pub(crate) async fn status(State(state): State<AppState>) -> Json<Status> {
     // One snapshot: the clouds and the default from the same set, even while a
     // PUT /v1/clouds replaces it.
     let set = state.clouds.snapshot();
-    let clouds: Vec<_> = set.sessions.iter().map(|s| s.status()).collect();
-    let default = set.default.clone();
-    Json(json!({
-        "clouds": clouds,
-        "uploads_in_flight": state.images.in_flight().count(),
-        "default_cloud": default,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+    let clouds = set.sessions.iter().map(|s| s.status().into()).collect();
+    let counts = state.jobs.counts();
+    let holding_a_slot = [JobState::Uploading, JobState::Verifying, JobState::Pruning];
+    Json(Status {
+        clouds,
+        uploads_in_flight: holding_a_slot.into_iter().map(|s| counts.get(s)).sum(),
+        default_cloud: set.default.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        jobs: counts.into(),
+    })
 }
 
-pub(crate) async fn uploads(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "uploads": state.images.in_flight().list() }))
-}
-
-/// `PUT /v1/clouds`: YAML or JSON (JSON is YAML), so any content type is read as text.
+/// Replaces clouds.yaml once every cloud in it authenticates. YAML or JSON (JSON
+/// is YAML), so any content type is read as text.
+#[utoipa::path(put, path = "/v1/clouds",
+    request_body(content = String, content_type = "application/yaml",
+        description = "A clouds.yaml document (or JSON of the same shape)"),
+    responses(
+        (status = 200, body = CloudNames),
+        (status = 422, body = ErrorBody,
+            description = "openstack_unauthorized or invalid_clouds_yaml")))]
 pub(crate) async fn put_clouds(
     State(state): State<AppState>,
     TextBody(document): TextBody,
-) -> Result<Json<Value>, ApiError> {
-    let names = state.clouds.replace(&document).await?;
-    Ok(Json(json!({ "clouds": names })))
+) -> Result<Json<CloudNames>, ApiError> {
+    let clouds = state.clouds.replace(&document).await?;
+    Ok(Json(CloudNames { clouds }))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/images/latest`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LatestParams {
+    /// focal, jammy, noble, resolute (or 20.04, ...). Required.
     base: Option<String>,
+    /// A Juju application name. Required.
     app_name: Option<String>,
+    /// x64, arm64, s390x, ppc64le. Required.
     arch: Option<String>,
+    /// The cloud (default: the daemon's default cloud).
     cloud: Option<String>,
 }
 
@@ -71,10 +93,17 @@ fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
     value.ok_or_else(|| ApiError::invalid_request(format!("{field}: missing query parameter")))
 }
 
+/// The newest active image of the name the template gives.
+#[utoipa::path(get, path = "/v1/images/latest", params(LatestParams), responses(
+    (status = 200, body = Latest),
+    (status = 400, body = ErrorBody, description = "invalid_request"),
+    (status = 404, body = ErrorBody, description = "unknown_cloud"),
+    (status = 502, body = ErrorBody, description = "get_image_failed, openstack_connection_failed"),
+    (status = 503, body = ErrorBody, description = "not_ready")))]
 pub(crate) async fn latest(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<LatestParams>,
-) -> Result<Json<LatestImage>, ApiError> {
+) -> Result<Json<Latest>, ApiError> {
     let family = ImageFamily::parse(
         &required(params.base, "base")?,
         &required(params.app_name, "app_name")?,
@@ -86,27 +115,4 @@ pub(crate) async fn latest(
         .latest(params.cloud.as_deref(), &family)
         .await?;
     Ok(Json(latest))
-}
-
-/// The caller's `X-Request-Id` becomes the upload id when it is a sane token, so a
-/// client can follow its own upload in `/v1/uploads`.
-fn upload_id(headers: &HeaderMap) -> Option<String> {
-    let id = headers.get("x-request-id")?.to_str().ok()?;
-    let sane = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    sane.then(|| id.to_string())
-}
-
-pub(crate) async fn upload(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(fields): ApiJson<UploadFields>,
-) -> Result<impl IntoResponse, ApiError> {
-    let request = UploadRequest::parse(fields, upload_id(&headers))
-        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
-    let outcome: UploadOutcome = state.images.upload(request).await?;
-    Ok((StatusCode::CREATED, Json(outcome)))
 }

@@ -1,24 +1,34 @@
-//! The HTTP API v1: router, shared state, bearer-token check, handlers.
+//! The HTTP API v1: router, shared state, bearer-token check, handlers, and the
+//! OpenAPI document of exactly these routes.
 //!
 //! One file per resource; errors map to status codes in [`error`]; extractors that
 //! reject with the contract's codes in [`extract`]. This layer never builds a Glance
-//! URL: it calls [`ImageService`] and [`CloudRegistry`].
+//! URL: it calls [`ImageService`] and [`CloudRegistry`]. Bodies are the wire types
+//! of [`api`](crate::api).
+//!
+//! Every route is registered through `utoipa_axum`'s `routes!`, which takes the
+//! handler's `#[utoipa::path]` for the document and its method and path for the
+//! router: the two cannot disagree (`GET /v1/openapi.json` serves the document).
 
 pub(crate) mod error;
 pub(crate) mod extract;
 mod handlers;
+pub(crate) mod jobs;
 mod metrics;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::{Json, Router};
 use subtle::ConstantTimeEq;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::api::openapi::ApiDoc;
 use crate::images::ImageService;
 use crate::openstack::registry::CloudRegistry;
 use crate::secret::Secret;
@@ -33,20 +43,53 @@ pub(crate) struct AppState {
     pub(crate) clouds: Arc<CloudRegistry>,
     /// The bearer token clients must present (`api_token_file`).
     pub(crate) api_token: Arc<Secret>,
+    /// Every upload is a job.
+    pub(crate) jobs: Arc<jobs::UploadJobs>,
+}
+
+/// The routes anyone may call.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(handlers::health))
+}
+
+/// The routes that want the bearer token.
+fn protected_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(handlers::status))
+        .routes(routes!(handlers::put_clouds))
+        .routes(routes!(handlers::latest))
+        .routes(routes!(jobs::upload))
+        .routes(routes!(jobs::jobs))
+        .routes(routes!(jobs::job))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics::metrics))
+}
+
+/// The OpenAPI document of the router's routes (built once).
+pub(crate) fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .merge(public_routes())
+            .merge(protected_routes())
+            .into_openapi()
+    })
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/v1/openapi.json", responses(
+    (status = 200, description = "This document", content_type = "application/json")))]
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi_document())
 }
 
 /// The router with every route; `/v1/health` is the only one without auth.
 pub(crate) fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/v1/status", get(handlers::status))
-        .route("/v1/clouds", put(handlers::put_clouds))
-        .route("/v1/images/latest", get(handlers::latest))
-        .route("/v1/images", post(handlers::upload))
-        .route("/v1/uploads", get(handlers::uploads))
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/v1/health", get(handlers::health))
+    let (public, _) = public_routes().split_for_parts();
+    let (protected, _) = protected_routes().split_for_parts();
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    public
         .merge(protected)
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -105,7 +148,27 @@ async fn log_request(request: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, openapi_document};
+
+    /// Where the checked-in copy of the document lives.
+    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+
+    /// `make openapi` (`OSIH_WRITE_OPENAPI=1 cargo test --lib openapi`) rewrites the
+    /// checked-in copy; otherwise a difference fails, so a change of the API's
+    /// types or routes is seen in review.
+    #[test]
+    fn the_checked_in_openapi_document_is_the_generated_one() {
+        let generated = openapi_document().to_pretty_json().unwrap() + "\n";
+        if std::env::var_os("OSIH_WRITE_OPENAPI").is_some() {
+            std::fs::write(CHECKED_IN, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "{CHECKED_IN} differs from the document the code generates: run `make openapi` \
+             and commit it"
+        );
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {

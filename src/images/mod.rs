@@ -19,17 +19,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 
-use crate::openstack::glance::{Image, ImageQuery, ImageStatus, NewImage};
+pub(crate) use crate::api::{Latest as LatestImage, PruneFailure, UploadAnswer as UploadOutcome};
+use crate::jobs::{CreatedImage, JobRequest, JobState, JobTask, JobsError};
+use crate::openstack::glance::{Image, ImageQuery, NewImage};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
 use activation::UploadClocks;
 use names::{FieldError, ImageFamily, ImageName, NameTemplate};
-use progress::{InFlight, UploadPhase, UploadProgress};
-pub(crate) use request::{UploadFields, UploadRequest};
+use progress::{InFlight, UploadIdInUse, UploadReservation};
+pub(crate) use request::UploadRequest;
 use shared_calls::SharedCalls;
 use source::{HashAlgo, SourceError, SourceFile};
 
@@ -97,50 +98,39 @@ pub(crate) enum ImageError {
     /// The file could not be read to the end as it was at the start.
     #[error("{source}; the image was deleted")]
     FileChanged { source: SourceError },
+    /// An `X-Request-Id` already used by an upload under way (`409 conflict`).
+    #[error(transparent)]
+    UploadIdInUse(#[from] UploadIdInUse),
+    /// The job could not go on (a stop, mostly: `shutting_down`).
+    #[error(transparent)]
+    Job(#[from] JobsError),
     /// The upload task ended abnormally (a bug); the image may remain for the reaper.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The daemon is stopping (`503 shutting_down`).
-    #[error("the daemon is shutting down and takes no new uploads")]
-    ShuttingDown,
-    /// The stop's `shutdown_grace` ended before the upload (`503 shutting_down`).
-    #[error("the upload was interrupted by the daemon's stop (shutdown_grace is over) {detail}")]
-    Interrupted { detail: String },
 }
 
-/// The answer to "latest": the image name always, the image when there is one.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct LatestImage {
-    pub(crate) id: Option<String>,
-    pub(crate) name: ImageName,
-    pub(crate) created_at: Option<DateTime<Utc>>,
+/// An upload whose request, file and cloud were checked (the request's errors
+/// are answered before a job exists), ready to run as a job.
+#[derive(Debug)]
+pub(crate) struct PreparedUpload {
+    request: UploadRequest,
+    /// Opened where it was judged: the file read is the file judged.
+    source: SourceFile,
+    session: Arc<Session>,
+    /// The upload id (the image's marker), held until the upload ends.
+    reservation: UploadReservation,
 }
 
-/// An image that could not be pruned, and why.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PruneFailure {
-    pub(crate) id: String,
-    pub(crate) message: String,
-}
+impl PreparedUpload {
+    /// The file's size.
+    pub(crate) fn size(&self) -> u64 {
+        self.source.size
+    }
 
-/// The answer to a successful upload.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct UploadOutcome {
-    pub(crate) id: String,
-    pub(crate) name: ImageName,
-    pub(crate) status: ImageStatus,
-    pub(crate) size: u64,
-    pub(crate) checksum: String,
-    pub(crate) os_hash_algo: String,
-    pub(crate) os_hash_value: String,
-    pub(crate) pruned: Vec<String>,
-    /// Extension: old images whose deletion failed (the upload itself succeeded).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) prune_failed: Vec<PruneFailure>,
-    /// Extension: the cloud it went to.
-    pub(crate) cloud: String,
-    /// Extension: the upload's id (also the image's upload marker).
-    pub(crate) upload_id: String,
+    /// The cloud it goes to.
+    pub(crate) fn cloud(&self) -> &str {
+        self.session.name()
+    }
 }
 
 /// Held while an upload of one name to one cloud runs.
@@ -174,10 +164,6 @@ impl ImageService {
         })
     }
 
-    pub(crate) fn in_flight(&self) -> &InFlight {
-        &self.in_flight
-    }
-
     /// The newest active image of a family: one server-side Glance query.
     pub(crate) async fn latest(
         &self,
@@ -197,17 +183,27 @@ impl ImageService {
         Ok(LatestImage {
             id: image.as_ref().map(|i| i.id.clone()),
             created_at: image.map(|i| i.created_at),
-            name,
+            name: name.to_string(),
         })
     }
 
-    /// Uploads a new revision, verifies it, then prunes. The work runs in its own
-    /// task: a client that hangs up must not leave a half-made image behind.
-    pub(crate) async fn upload(
-        self: &Arc<Self>,
+    /// Checks what can be checked before an upload becomes a job: where the file
+    /// is (first: `path_not_allowed`), that it is a regular file, the cloud, and
+    /// that `upload_id` (an `X-Request-Id`) is not used by an upload under way.
+    pub(crate) async fn prepare(
+        &self,
         request: UploadRequest,
-    ) -> Result<UploadOutcome, ImageError> {
-        self.run_upload_task(request).await
+        upload_id: &str,
+    ) -> Result<PreparedUpload, ImageError> {
+        let source = self.open_source(&request.src_path).await?;
+        let session = self.clouds.session(request.cloud.as_deref())?;
+        let reservation = self.in_flight.reserve(upload_id)?;
+        Ok(PreparedUpload {
+            request,
+            source,
+            session,
+            reservation,
+        })
     }
 
     fn lock_for(&self, cloud: &str, name: &ImageName) -> NameLock {
@@ -247,28 +243,32 @@ impl ImageService {
             .map_err(ImageError::from)
     }
 
-    pub(crate) async fn run_upload(
+    /// Runs a prepared upload as `job`: waits (`queued`) for the name's lock, then
+    /// for an upload slot; uploads (`uploading`), verifies (`verifying`), prunes
+    /// (`pruning`). The caller records the answer or the error in the job. A
+    /// failed upload leaves no image behind (the reaper retries a failed delete).
+    pub(crate) async fn run_job<R: JobRequest>(
         &self,
-        request: UploadRequest,
+        prepared: PreparedUpload,
+        job: &JobTask<R>,
     ) -> Result<UploadOutcome, ImageError> {
-        // Where the file is, before whether it exists: path_not_allowed comes first.
-        let source = self.open_source(&request.src_path).await?;
-        let session = self.clouds.session(request.cloud.as_deref())?;
+        let PreparedUpload {
+            request,
+            source,
+            session,
+            reservation,
+        } = prepared;
         let cloud = session.name().to_string();
         let name = request.family.image_name(&self.settings.template);
         let disk_format = request
             .disk_format
             .unwrap_or_else(|| source.detect_disk_format());
 
-        let guard = self
-            .in_flight
-            .start(&request.upload_id, &cloud, &name, source.size);
-        let progress = guard.progress.clone();
-        progress.set_phase(UploadPhase::Waiting);
+        // The name's lock first, then a slot: both waits show as `queued`.
         let lock = self.lock_for(&cloud, &name);
         let _one_at_a_time = lock.lock().await;
+        let _slot = job.acquire_slot().await?;
 
-        progress.set_phase(UploadPhase::Creating);
         let mut properties = request.properties.clone();
         properties.insert(
             "architecture".into(),
@@ -277,7 +277,7 @@ impl ImageService {
         properties.insert("os_distro".into(), "ubuntu".into());
         properties.insert("os_version".into(), request.family.base.version().into());
         properties.insert(MARKER_DAEMON.into(), self.settings.daemon_id.clone());
-        properties.insert(MARKER_UPLOAD.into(), request.upload_id.clone());
+        properties.insert(MARKER_UPLOAD.into(), reservation.upload_id.clone());
         let new_image = NewImage {
             name: name.to_string(),
             disk_format,
@@ -290,13 +290,14 @@ impl ImageService {
             .create(&new_image)
             .await
             .map_err(ImageError::Upload)?;
-        progress.set_image(&created.id);
+        reservation.set_image(&created.id);
         tracing::info!(cloud = %cloud, image = %created.id, name = %name, size = source.size, "uploading");
 
-        let verified = match self
-            .send_and_verify(&session, &created, source, &progress)
-            .await
-        {
+        let sent = match job.image_created(&cloud, &created.id).await {
+            Ok(()) => self.send_and_verify(&session, &created, source, job).await,
+            Err(err) => Err(err.into()),
+        };
+        let verified = match sent {
             Ok(image) => image,
             Err(err) => {
                 tracing::warn!(cloud = %cloud, image = %created.id, error = %err, "upload failed; deleting the image");
@@ -310,15 +311,15 @@ impl ImageService {
             }
         };
 
-        progress.set_phase(UploadPhase::Pruning);
+        job.advance(JobState::Pruning).await?;
         let (pruned, prune_failed) = self
             .prune_revisions(&session, &name, &verified.id, request.num_revisions)
             .await;
         tracing::info!(cloud = %cloud, image = %verified.id, name = %name, pruned = ?pruned, "upload verified");
         Ok(UploadOutcome {
             id: verified.id.clone(),
-            name,
-            status: verified.status,
+            name: name.to_string(),
+            status: verified.status.to_string(),
             size: verified.size.unwrap_or_default(),
             checksum: verified.checksum.clone().unwrap_or_default(),
             os_hash_algo: verified.os_hash_algo.clone().unwrap_or_default(),
@@ -326,18 +327,18 @@ impl ImageService {
             pruned,
             prune_failed,
             cloud,
-            upload_id: request.upload_id,
+            upload_id: reservation.upload_id.clone(),
         })
     }
 
     /// Streams the file into the image, waits until Glance calls it active, and
     /// compares size and hashes. Any error leaves the image for the caller to delete.
-    async fn send_and_verify(
+    async fn send_and_verify<R: JobRequest>(
         &self,
         session: &Session,
         created: &Image,
         source: SourceFile,
-        progress: &UploadProgress,
+        job: &JobTask<R>,
     ) -> Result<Image, ImageError> {
         let cloud = session.name().to_string();
         let algo = created
@@ -347,13 +348,14 @@ impl ImageService {
             .unwrap_or_else(|| self.hash_algo(&cloud));
         let size = source.size;
         let rehash_file = source.file.try_clone().ok();
-        progress.set_phase(UploadPhase::Uploading);
+        // The job's `bytes_sent`: the bytes handed to the HTTP client.
+        let sent = job.bytes_sent().atomic();
         let cancel = tokio_util::sync::CancellationToken::new();
         // Whatever ends this function early (a stall, an error, a panic) stops the
         // file reader too.
         let _stop_reader = cancel.clone().drop_guard();
         let (stream, digests) =
-            source::stream_with_digests(source, algo, progress.sent_bytes.clone(), cancel.clone());
+            source::stream_with_digests(source, algo, sent.clone(), cancel.clone());
         let glance = session.glance();
         let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
         let clocks = UploadClocks {
@@ -363,7 +365,7 @@ impl ImageService {
         let last_byte = OnceLock::new();
         let result = tokio::select! {
             r = upload => r.map_err(ImageError::Upload),
-            end = activation::watch_upload(&progress.sent_bytes, size, clocks, &last_byte) => {
+            end = activation::watch_upload(&sent, size, clocks, &last_byte) => {
                 Err(end.error(&cloud, &created.id, clocks))
             }
         };
@@ -385,7 +387,7 @@ impl ImageService {
             }
         };
 
-        progress.set_phase(UploadPhase::Verifying);
+        job.advance(JobState::Verifying).await?;
         let since = last_byte
             .get()
             .copied()
@@ -497,7 +499,10 @@ impl ImageService {
     pub(crate) async fn reap(&self) -> Vec<String> {
         let mut reaped = Vec::new();
         for session in self.clouds.sessions() {
-            match self.reap_cloud(&session).await {
+            match self
+                .reap_cloud(&session, self.settings.stale_upload_age)
+                .await
+            {
                 Ok(ids) => reaped.extend(ids),
                 Err(err) => {
                     tracing::warn!(cloud = %session.name(), error = %err, "reaper: cannot list images")
@@ -507,7 +512,11 @@ impl ImageService {
         reaped
     }
 
-    async fn reap_cloud(&self, session: &Session) -> Result<Vec<String>, OpenStackError> {
+    async fn reap_cloud(
+        &self,
+        session: &Session,
+        stale_age: Duration,
+    ) -> Result<Vec<String>, OpenStackError> {
         let glance = session.glance();
         let query = ImageQuery {
             properties: vec![(MARKER_DAEMON.to_string(), self.settings.daemon_id.clone())],
@@ -519,7 +528,7 @@ impl ImageService {
             let ours = image.property(MARKER_DAEMON) == Some(self.settings.daemon_id.as_str());
             if !ours
                 || image.protected
-                || !prune::is_stale(&image, now, self.settings.stale_upload_age)
+                || !prune::is_stale(&image, now, stale_age)
                 || self.in_flight.has_image(&image.id)
             {
                 continue;
@@ -536,6 +545,37 @@ impl ImageService {
         }
         crate::metrics::images_reaped(session.name(), reaped.len());
         Ok(reaped)
+    }
+
+    /// Deletes the images of jobs a stop cut off (found at start-up), in the
+    /// background; an image whose cloud is gone or unreachable is left to the
+    /// reaper (it carries our marker).
+    pub(crate) fn delete_leftovers(self: &Arc<Self>, images: Vec<CreatedImage>) {
+        for image in images {
+            let service = self.clone();
+            tokio::spawn(async move { service.delete_created(&image).await });
+        }
+    }
+
+    /// Deletes an image an interrupted job created; one that cannot be deleted
+    /// now is left to the reaper (it carries our marker).
+    async fn delete_created(&self, image: &CreatedImage) {
+        let deleted = match self.clouds.session(Some(&image.cloud)) {
+            Ok(session) => session
+                .glance()
+                .delete(&image.image_id)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match deleted {
+            Ok(()) => {
+                tracing::info!(cloud = %image.cloud, image = %image.image_id, "deleted the image of an interrupted job")
+            }
+            Err(error) => {
+                tracing::warn!(cloud = %image.cloud, image = %image.image_id, %error, "cannot delete the image of an interrupted job now; the reaper will")
+            }
+        }
     }
 
     /// Runs the reaper now and then every `interval`, until the task is dropped.

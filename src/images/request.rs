@@ -4,12 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 use super::names::{FieldError, ImageFamily};
 use super::{MARKER_DAEMON, MARKER_UPLOAD};
+pub(crate) use crate::api::UploadFields;
 use crate::openstack::glance::{ContainerFormat, DiskFormat, Visibility};
-use crate::secret::random_hex;
 
 /// Properties the daemon sets itself; a request may not.
 const OWN_PROPERTIES: &[&str] = &[
@@ -48,27 +46,6 @@ const CORE_ATTRIBUTES: &[&str] = &[
     "stores",
 ];
 
-/// The fields of an upload request as they arrive (JSON), before validation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UploadFields {
-    pub(crate) base: String,
-    pub(crate) app_name: String,
-    pub(crate) arch: String,
-    pub(crate) num_revisions: u32,
-    pub(crate) src_path: PathBuf,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) cloud: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) disk_format: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) container_format: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) visibility: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) properties: BTreeMap<String, String>,
-}
-
 /// A validated upload request.
 #[derive(Debug, Clone)]
 pub(crate) struct UploadRequest {
@@ -81,16 +58,11 @@ pub(crate) struct UploadRequest {
     pub(crate) container_format: ContainerFormat,
     pub(crate) visibility: Visibility,
     pub(crate) properties: BTreeMap<String, String>,
-    /// Identifies the upload in `/v1/uploads` and in the image's marker.
-    pub(crate) upload_id: String,
 }
 
 impl UploadRequest {
     /// Validates every field as the contract says.
-    pub(crate) fn parse(
-        fields: UploadFields,
-        upload_id: Option<String>,
-    ) -> Result<Self, FieldError> {
+    pub(crate) fn parse(fields: UploadFields) -> Result<Self, FieldError> {
         let family = ImageFamily::parse(&fields.base, &fields.app_name, &fields.arch)?;
         if fields.num_revisions < 1 {
             return Err(FieldError::new("num_revisions", "must be at least 1"));
@@ -134,7 +106,6 @@ impl UploadRequest {
             container_format,
             visibility,
             properties: fields.properties,
-            upload_id: upload_id.unwrap_or_else(|| random_hex(16)),
         })
     }
 }
@@ -166,11 +137,10 @@ mod tests {
 
     #[test]
     fn defaults_are_bare_and_private() {
-        let r = UploadRequest::parse(fields(), None).unwrap();
+        let r = UploadRequest::parse(fields()).unwrap();
         assert_eq!(r.container_format, ContainerFormat::Bare);
         assert_eq!(r.visibility, Visibility::Private);
         assert_eq!(r.disk_format, None);
-        assert_eq!(r.upload_id.len(), 32);
     }
 
     #[test]
@@ -186,7 +156,7 @@ mod tests {
             let mut f = fields();
             f.properties.insert(key.into(), "x".into());
             assert_eq!(
-                UploadRequest::parse(f, None).unwrap_err().field,
+                UploadRequest::parse(f).unwrap_err().field,
                 "properties",
                 "{key}"
             );
@@ -197,21 +167,12 @@ mod tests {
     fn zero_revisions_and_unknown_formats_are_refused() {
         let mut f = fields();
         f.num_revisions = 0;
-        assert_eq!(
-            UploadRequest::parse(f, None).unwrap_err().field,
-            "num_revisions"
-        );
+        assert_eq!(UploadRequest::parse(f).unwrap_err().field, "num_revisions");
         let mut f = fields();
         f.disk_format = Some("qcow3".into());
-        assert_eq!(
-            UploadRequest::parse(f, None).unwrap_err().field,
-            "disk_format"
-        );
+        assert_eq!(UploadRequest::parse(f).unwrap_err().field, "disk_format");
         let mut f = fields();
         f.visibility = Some("everyone".into());
-        assert_eq!(
-            UploadRequest::parse(f, None).unwrap_err().field,
-            "visibility"
-        );
+        assert_eq!(UploadRequest::parse(f).unwrap_err().field, "visibility");
     }
 }

@@ -30,6 +30,7 @@ pub struct ByteCounter(Arc<AtomicU64>);
 
 impl ByteCounter {
     /// Adds `n` bytes; returns the new total.
+    #[cfg(test)]
     pub fn add(&self, n: u64) -> u64 {
         self.0.fetch_add(n, Ordering::Relaxed).saturating_add(n)
     }
@@ -42,6 +43,12 @@ impl ByteCounter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// The shared atomic itself, for code that counts into an `AtomicU64` (the
+    /// file reader, the stall watch). Only ever add to it.
+    pub fn atomic(&self) -> Arc<AtomicU64> {
+        self.0.clone()
+    }
 }
 
 /// The part of a job the lock guards: the record (its byte counts are filled in
@@ -50,6 +57,8 @@ impl ByteCounter {
 pub(crate) struct JobData<R> {
     record: JobRecord<R>,
     images: Vec<CreatedImage>,
+    /// What the job answered when it succeeded (see [`JobTask::succeed_with`]).
+    outcome: Option<serde_json::Value>,
 }
 
 /// A job in memory.
@@ -105,6 +114,7 @@ impl<R: JobRequest> JobShared<R> {
             data: Mutex::new(JobData {
                 record,
                 images: stored.images,
+                outcome: stored.outcome,
             }),
             state,
             write_lock: Mutex::new(()),
@@ -142,11 +152,13 @@ impl<R: JobRequest> JobShared<R> {
 
     fn stored(&self) -> StoredJob<R> {
         let data = lock(&self.data);
-        StoredJob::new(
+        let mut stored = StoredJob::new(
             self.fill_counts(data.record.clone()),
             self.key.clone(),
             data.images.clone(),
-        )
+        );
+        stored.outcome = data.outcome.clone();
+        stored
     }
 
     /// The images this job created that a stop cut off: all of them, but for
@@ -310,10 +322,12 @@ impl<R> Clone for JobHandle<R> {
 }
 
 impl<R: JobRequest> JobHandle<R> {
+    #[cfg(test)]
     pub fn id(&self) -> JobId {
         self.shared.id()
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> JobState {
         self.shared.state()
     }
@@ -323,9 +337,9 @@ impl<R: JobRequest> JobHandle<R> {
         self.shared.snapshot()
     }
 
-    /// Follows the job's state (e.g. to stream progress).
-    pub fn subscribe(&self) -> watch::Receiver<JobState> {
-        self.shared.state.subscribe()
+    /// The answer the job's task gave when it succeeded ([`JobTask::succeed_with`]).
+    pub fn outcome(&self) -> Option<serde_json::Value> {
+        lock(&self.shared.data).outcome.clone()
     }
 
     /// Waits until the job succeeded or failed, and returns its record.
@@ -354,15 +368,11 @@ impl<R: JobRequest> JobTask<R> {
         self.shared.id()
     }
 
+    #[cfg(test)]
     pub fn handle(&self) -> JobHandle<R> {
         JobHandle {
             shared: self.shared.clone(),
         }
-    }
-
-    /// The upload fields the job was made with.
-    pub fn request(&self) -> R {
-        lock(&self.shared.data).record.request.clone()
     }
 
     /// The job's `bytes_sent`, for the file reader to count blocks into.
@@ -371,11 +381,13 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// One cloud's `bytes_sent`, for a job of several clouds.
+    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub fn cloud_bytes_sent(&self, cloud: &str) -> Option<ByteCounter> {
         self.shared.cloud_bytes.get(cloud).cloned()
     }
 
     /// Sets `bytes_total` (the file's size, when it was not known at submission).
+    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub fn set_bytes_total(&self, total: u64) {
         let _ = self.shared.update(|data| {
             data.record.bytes_total = total;
@@ -461,7 +473,18 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// The job of one cloud succeeded with `image_id`.
+    #[cfg(test)]
     pub async fn succeed(self, image_id: &str) -> Result<JobRecord<R>, JobsError> {
+        self.succeed_with(image_id, None).await
+    }
+
+    /// The job of one cloud succeeded with `image_id`, and `outcome` is its answer
+    /// (kept with the record: [`JobHandle::outcome`]).
+    pub async fn succeed_with(
+        self,
+        image_id: &str,
+        outcome: Option<serde_json::Value>,
+    ) -> Result<JobRecord<R>, JobsError> {
         let job = self.id();
         self.shared.update(|data| {
             let from = data.record.state;
@@ -474,6 +497,7 @@ impl<R: JobRequest> JobTask<R> {
             }
             data.record.state = JobState::Succeeded;
             data.record.image_id = Some(image_id.to_string());
+            data.outcome = outcome;
             Ok(())
         })?;
         self.shared.persist().await;
@@ -486,6 +510,7 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// Moves one cloud of a job of several clouds forward (not to a terminal state).
+    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn advance_cloud(&self, cloud: &str, next: JobState) -> Result<(), JobsError> {
         if next.is_terminal() {
             return Err(JobsError::IllegalTransition {
@@ -498,12 +523,14 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// One cloud of a job of several clouds succeeded with `image_id`.
+    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn succeed_cloud(&self, cloud: &str, image_id: &str) -> Result<(), JobsError> {
         self.move_cloud(cloud, JobState::Succeeded, Some(image_id), None)
             .await
     }
 
     /// One cloud of a job of several clouds failed; the others go on.
+    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn fail_cloud(&self, cloud: &str, failure: JobFailure) -> Result<(), JobsError> {
         self.move_cloud(cloud, JobState::Failed, None, Some(failure))
             .await
@@ -512,6 +539,7 @@ impl<R: JobRequest> JobTask<R> {
     /// Ends a job of several clouds from its clouds' states: `succeeded` when every
     /// cloud succeeded, else `failed` with `upload_image_failed` naming the clouds
     /// that did not (clouds still under way fail with it).
+    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn finish_from_clouds(self) -> Result<JobRecord<R>, JobsError> {
         let failed: Vec<String> = {
             let data = lock(&self.shared.data);

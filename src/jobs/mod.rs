@@ -15,9 +15,6 @@
 //! - `job`: one job in memory (atomics, a watch, its writes).
 //! - `table`: the jobs by id and by key.
 
-// Until wired (issue #8): the handlers, the image service and the daemon call this next.
-#![allow(dead_code, unused_imports)]
-
 pub mod job;
 pub mod model;
 mod store;
@@ -36,10 +33,10 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use job::{ByteCounter, JobHandle, JobTask, UploadSlot, PROGRESS_PERSIST_INTERVAL};
+pub use job::{JobHandle, JobTask};
 pub use model::{
-    CloudProgress, CreatedImage, IdempotencyKey, InvalidIdempotencyKey, InvalidJobId, JobFailure,
-    JobId, JobRecord, JobRequest, JobState,
+    CloudProgress, CreatedImage, IdempotencyKey, InvalidIdempotencyKey, JobFailure, JobId,
+    JobRecord, JobRequest, JobState,
 };
 
 use job::JobShared;
@@ -59,6 +56,9 @@ pub struct JobSettings {
 /// A request to start a job.
 #[derive(Debug, Clone)]
 pub struct NewJob<R> {
+    /// The new job's id (a fresh [`JobId::random`]), chosen by the caller so that
+    /// what it prepares (e.g. the image's upload marker) can name the job.
+    pub id: JobId,
     /// The upload fields as the client sent them (shown in the record, compared
     /// with a retry's under the same key).
     pub request: R,
@@ -106,6 +106,7 @@ impl StateCounts {
     }
 
     /// Jobs that have not ended.
+    #[cfg(test)]
     pub fn unfinished(&self) -> usize {
         self.iter()
             .filter(|(s, _)| !s.is_terminal())
@@ -261,8 +262,37 @@ impl<R: JobRequest> Jobs<R> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     pub fn settings(&self) -> JobSettings {
         self.settings
+    }
+
+    /// The job `key` names (running, or ended less than `job_retention` ago) when
+    /// it was made by the same `request`; [`JobsError::Conflict`] when by another.
+    /// A look-up before [`Jobs::submit`] (which decides again, atomically), so a
+    /// retry is answered before the request's file or cloud are looked at.
+    pub fn find_by_key(
+        &self,
+        key: &IdempotencyKey,
+        request: &R,
+    ) -> Result<Option<JobHandle<R>>, JobsError> {
+        let Some(job) = self.lock_table().by_key(key).cloned() else {
+            return Ok(None);
+        };
+        if job.expired(Utc::now(), self.settings.job_retention) {
+            return Ok(None);
+        }
+        let fingerprint = Fingerprint::of(request).map_err(|source| JobsError::Request {
+            job: job.id(),
+            source,
+        })?;
+        if job.fingerprint != fingerprint {
+            return Err(JobsError::Conflict {
+                key: key.clone(),
+                job: job.id(),
+            });
+        }
+        Ok(Some(JobHandle { shared: job }))
     }
 
     /// Starts a job, or, when `idempotency_key` names one (running, or ended less
@@ -270,7 +300,7 @@ impl<R: JobRequest> Jobs<R> {
     /// no task. The same key with another request is [`JobsError::Conflict`].
     /// The new job is on disk before this returns.
     pub async fn submit(&self, new: NewJob<R>) -> Result<Submitted<R>, JobsError> {
-        let id = JobId::random();
+        let id = new.id;
         let fingerprint = Fingerprint::of(&new.request)
             .map_err(|source| JobsError::Request { job: id, source })?;
         let _one_at_a_time = self.submit.lock().await;
@@ -341,7 +371,8 @@ impl<R: JobRequest> Jobs<R> {
         })
     }
 
-    /// A job's record, for `GET /v1/jobs/{id}`.
+    /// A job's record.
+    #[cfg(test)]
     pub fn get(&self, id: &JobId) -> Option<JobRecord<R>> {
         self.handle(id).map(|h| h.record())
     }
@@ -352,10 +383,19 @@ impl<R: JobRequest> Jobs<R> {
         Some(JobHandle { shared })
     }
 
-    /// Every job, the newest first, for `GET /v1/jobs`.
+    /// Every job's record, the newest first.
+    #[cfg(test)]
     pub fn list(&self) -> Vec<JobRecord<R>> {
         let jobs = self.lock_table().newest_first();
         jobs.iter().map(|job| job.snapshot()).collect()
+    }
+
+    /// Every job's handle, the newest first.
+    pub fn handles(&self) -> Vec<JobHandle<R>> {
+        let jobs = self.lock_table().newest_first();
+        jobs.into_iter()
+            .map(|shared| JobHandle { shared })
+            .collect()
     }
 
     /// How many jobs are in each state.
@@ -399,7 +439,9 @@ impl<R: JobRequest> Jobs<R> {
 
     /// The end of `shutdown_grace` (after [`Jobs::close`]): records every job that
     /// has not ended `failed`/`interrupted` and returns their images to delete.
-    /// Abort the upload tasks first, so that none creates an image after this.
+    /// Call it before the job tasks are aborted: an aborted task records its job
+    /// ended, and its images would not be returned here. An image a task creates
+    /// after this is not recorded (the stop's last sweep deletes it).
     pub async fn interrupt_unfinished(&self, message: &str) -> Vec<CreatedImage> {
         let jobs: Vec<_> = self.lock_table().all().cloned().collect();
         let mut images = Vec::new();

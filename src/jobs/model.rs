@@ -69,7 +69,7 @@ impl<'de> Deserialize<'de> for JobId {
 /// Where a job (or one cloud of it) is. States only move forward along
 /// `queued → uploading → verifying → pruning → succeeded` (steps may be skipped),
 /// and any state that is not terminal may move to `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for an upload slot or for the name's lock.

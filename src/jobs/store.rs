@@ -37,6 +37,10 @@ pub(crate) struct StoredJob<R> {
     pub record: JobRecord<R>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub images: Vec<CreatedImage>,
+    /// The answer of a job that succeeded (the upload's), for retries and
+    /// `GET /v1/jobs/{id}` after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<serde_json::Value>,
 }
 
 impl<R: JobRequest> StoredJob<R> {
@@ -50,6 +54,7 @@ impl<R: JobRequest> StoredJob<R> {
             record,
             idempotency_key,
             images,
+            outcome: None,
         }
     }
 }
@@ -88,6 +93,7 @@ impl JobStore {
         &self.dir
     }
 
+    #[cfg(test)]
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }

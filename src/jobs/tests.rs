@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::job::PROGRESS_PERSIST_INTERVAL;
 use super::*;
 
 /// A request shaped like the upload fields (typed, as the wiring will be).
@@ -41,6 +42,7 @@ fn open(dir: &Path, max: usize) -> (Jobs<Upload>, Recovery) {
 
 fn new_job(app_name: &str, key: Option<&str>) -> NewJob<Upload> {
     NewJob {
+        id: JobId::random(),
         request: upload(app_name),
         idempotency_key: key.map(|k| k.parse().unwrap()),
         bytes_total: 1000,

@@ -646,3 +646,39 @@ impl KeystoneAdmin {
             .await;
     }
 }
+
+/// A forwarder to the real Glance that holds every connection starting with a
+/// `PUT ` (the image data: the daemon's upload client has connections of its
+/// own) until the gate opens: a unit whose upload is slow, on demand.
+pub async fn gated_glance() -> (String, tokio::sync::watch::Sender<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target: std::net::SocketAddr = Bed::get()
+        .glance_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (gate, opened) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut opened = opened.clone();
+            tokio::spawn(async move {
+                let mut first = vec![0u8; 64 * 1024];
+                let Ok(n) = inbound.read(&mut first).await else {
+                    return;
+                };
+                if first[..n].starts_with(b"PUT ") {
+                    let _ = opened.wait_for(|open| *open).await;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if outbound.write_all(&first[..n]).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (url, gate)
+}

@@ -231,12 +231,13 @@ async fn a_failed_upload_leaves_no_image_and_keeps_the_older_revisions() {
     };
     let shrink = async {
         loop {
-            let u = d.get("/v1/uploads").await;
-            let sent = u.body["uploads"]
-                .as_array()
-                .and_then(|l| l.iter().find(|x| x["upload_id"] == "shrink-test"))
-                .and_then(|x| x["sent_bytes"].as_u64())
-                .unwrap_or(0);
+            // The newest job is this upload.
+            let jobs = d.get("/v1/jobs").await;
+            let job = &jobs.body["jobs"][0];
+            let sent = match job["request"]["src_path"].as_str() {
+                Some(p) if p == big.to_str().unwrap() => job["bytes_sent"].as_u64().unwrap_or(0),
+                _ => 0,
+            };
             if sent > 0 {
                 std::fs::OpenOptions::new()
                     .write(true)

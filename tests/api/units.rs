@@ -43,52 +43,20 @@ async fn active_newest_first(glance: &Direct, name: &str) -> Vec<Value> {
     images
 }
 
-/// The image id of the upload under way in `d` (from `/v1/uploads`), once created.
+/// The image id of the upload under way in `d` (its newest job), once created.
 async fn image_of_running_upload(d: &TestDaemon) -> String {
     for _ in 0..1200 {
-        let a = d.get("/v1/uploads").await;
-        if let Some(id) = a.body["uploads"][0]["image_id"].as_str() {
+        let a = d.get("/v1/jobs").await;
+        let job = &a.body["jobs"][0];
+        if let (Some(id), "uploading") = (
+            job["image_id"].as_str(),
+            job["state"].as_str().unwrap_or(""),
+        ) {
             return id.to_string();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the upload did not create its image within 60 s");
-}
-
-/// A forwarder to the real Glance that holds every connection starting with a
-/// `PUT ` (the image data: the daemon's upload client has connections of its
-/// own) until the gate opens: a unit whose upload is slow, on demand.
-async fn gated_glance() -> (String, tokio::sync::watch::Sender<bool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let target: std::net::SocketAddr = Bed::get()
-        .glance_url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (gate, opened) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let mut opened = opened.clone();
-            tokio::spawn(async move {
-                let mut first = vec![0u8; 64 * 1024];
-                let Ok(n) = inbound.read(&mut first).await else {
-                    return;
-                };
-                if first[..n].starts_with(b"PUT ") {
-                    let _ = opened.wait_for(|open| *open).await;
-                }
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                if outbound.write_all(&first[..n]).await.is_ok() {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    (url, gate)
 }
 
 #[tokio::test]

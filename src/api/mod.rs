@@ -1,0 +1,272 @@
+//! The API's wire types: every request and answer body of the HTTP API v1, in one
+//! place. The handlers serialise them, the CLI deserialises the same types, and
+//! the OpenAPI document ([`openapi`]) is generated from them, so a renamed field
+//! shows in all three at once (and in the checked-in `docs/openapi.json`).
+//!
+//! Plain data: no HTTP, no Glance. Fields a 0.1 client does not know are
+//! extensions of the contract (`/work/shared/API.md` allows new fields).
+
+pub(crate) mod openapi;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::jobs::{JobFailure, JobId, JobRecord, JobState, StateCounts};
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok` while the process serves.
+    #[schema(example = "ok")]
+    pub(crate) status: String,
+}
+
+/// One cloud in `GET /v1/status`. Never a secret or a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CloudStatus {
+    pub(crate) name: String,
+    pub(crate) authenticated: bool,
+    #[schema(required = true)]
+    pub(crate) token_expires_at: Option<DateTime<Utc>>,
+    /// As the catalog (or `image_endpoint_override`) gives it.
+    #[schema(required = true)]
+    pub(crate) image_endpoint: Option<String>,
+    #[schema(required = true)]
+    pub(crate) last_error: Option<String>,
+    /// Extension: tokens requested since the session was created.
+    pub(crate) token_requests: u64,
+    /// Extension: 401 answers from Glance that forced a re-authentication.
+    pub(crate) unauthorized_responses: u64,
+}
+
+impl From<crate::openstack::session::CloudStatus> for CloudStatus {
+    fn from(s: crate::openstack::session::CloudStatus) -> Self {
+        CloudStatus {
+            name: s.name,
+            authenticated: s.authenticated,
+            token_expires_at: s.token_expires_at,
+            image_endpoint: s.image_endpoint,
+            last_error: s.last_error,
+            token_requests: s.token_requests,
+            unauthorized_responses: s.unauthorized_responses,
+        }
+    }
+}
+
+/// Jobs by state: `{"queued": n, "uploading": n, ...}`, every state present.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct JobCounts {
+    pub(crate) queued: usize,
+    pub(crate) uploading: usize,
+    pub(crate) verifying: usize,
+    pub(crate) pruning: usize,
+    pub(crate) succeeded: usize,
+    pub(crate) failed: usize,
+}
+
+impl From<StateCounts> for JobCounts {
+    fn from(c: StateCounts) -> Self {
+        JobCounts {
+            queued: c.get(JobState::Queued),
+            uploading: c.get(JobState::Uploading),
+            verifying: c.get(JobState::Verifying),
+            pruning: c.get(JobState::Pruning),
+            succeeded: c.get(JobState::Succeeded),
+            failed: c.get(JobState::Failed),
+        }
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Status {
+    /// Exactly the configured clouds.
+    pub(crate) clouds: Vec<CloudStatus>,
+    /// Jobs holding an upload slot (`uploading`, `verifying` or `pruning`): at
+    /// most `max_concurrent_uploads`.
+    pub(crate) uploads_in_flight: usize,
+    /// Extension: the cloud used when a request names none.
+    #[schema(required = true)]
+    pub(crate) default_cloud: Option<String>,
+    /// Extension: the daemon's version.
+    pub(crate) version: String,
+    /// Extension: the jobs this daemon knows (running, and finished within
+    /// `job_retention`), by state.
+    pub(crate) jobs: JobCounts,
+}
+
+/// `PUT /v1/clouds`: the clouds now in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CloudNames {
+    pub(crate) clouds: Vec<String>,
+}
+
+/// `GET /v1/images/latest`: the image name always, the image when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Latest {
+    /// `null` when no active image of that name exists.
+    #[schema(required = true)]
+    pub(crate) id: Option<String>,
+    /// The name the template gives.
+    pub(crate) name: String,
+    #[schema(required = true)]
+    pub(crate) created_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/images`: the upload fields as they arrive, before validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UploadFields {
+    /// focal, jammy, noble, resolute (or 20.04, 22.04, 24.04, 26.04).
+    pub(crate) base: String,
+    /// A Juju application name.
+    pub(crate) app_name: String,
+    /// x64, arm64, s390x, ppc64le.
+    pub(crate) arch: String,
+    /// How many active revisions to keep, the new one included (at least 1).
+    pub(crate) num_revisions: u32,
+    /// The image file; must resolve inside one of the daemon's `upload_dirs`.
+    #[schema(value_type = String)]
+    pub(crate) src_path: PathBuf,
+    /// The cloud (default: the daemon's default cloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) cloud: Option<String>,
+    /// Default: detected from the file (qcow2 or raw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) disk_format: Option<String>,
+    /// Default: bare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) container_format: Option<String>,
+    /// Default: private.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) visibility: Option<String>,
+    /// Extra image properties (not the daemon's own, not Glance attributes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+/// An old revision whose deletion failed (the upload itself succeeded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct PruneFailure {
+    pub(crate) id: String,
+    pub(crate) message: String,
+}
+
+/// `201` to `POST /v1/images`: the new image, active and verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct UploadAnswer {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    /// Always `active`.
+    #[schema(example = "active")]
+    pub(crate) status: String,
+    pub(crate) size: u64,
+    /// md5 of the bytes, as Glance reports it.
+    pub(crate) checksum: String,
+    pub(crate) os_hash_algo: String,
+    pub(crate) os_hash_value: String,
+    /// Every old image deleted.
+    pub(crate) pruned: Vec<String>,
+    /// Extension: old images whose deletion failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) prune_failed: Vec<PruneFailure>,
+    /// Extension: the cloud it went to.
+    pub(crate) cloud: String,
+    /// Extension: the upload's id, the value of the image's upload marker (the
+    /// request's `X-Request-Id`, else the job id).
+    pub(crate) upload_id: String,
+}
+
+/// `{"code", "message"}` of an error, in an error answer or a failed job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// One of the contract's error codes (or `interrupted` in a job).
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+/// Every error answer of the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
+}
+
+impl From<JobFailure> for ErrorDetail {
+    fn from(f: JobFailure) -> Self {
+        ErrorDetail {
+            code: f.code,
+            message: f.message,
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}`, and `202` to `POST /v1/images?wait=false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Job {
+    /// 32 lowercase hex digits.
+    #[schema(value_type = String, pattern = "^[0-9a-f]{32}$")]
+    pub(crate) job: JobId,
+    pub(crate) state: JobState,
+    /// Bytes of the file read and sent so far; it only grows.
+    pub(crate) bytes_sent: u64,
+    /// The file's size.
+    pub(crate) bytes_total: u64,
+    /// The new image, once created (it is the result only when `succeeded`).
+    #[schema(required = true)]
+    pub(crate) image_id: Option<String>,
+    #[schema(required = true)]
+    pub(crate) error: Option<ErrorDetail>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    /// The upload fields as the client sent them.
+    pub(crate) request: UploadFields,
+    /// Extension: the upload's answer once the job `succeeded`, else `null`.
+    #[schema(required = true)]
+    pub(crate) result: Option<UploadAnswer>,
+}
+
+impl Job {
+    /// The wire form of a job's record and, when it succeeded, its upload answer.
+    pub(crate) fn new(record: JobRecord<UploadFields>, result: Option<UploadAnswer>) -> Job {
+        Job {
+            job: record.job,
+            state: record.state,
+            bytes_sent: record.bytes_sent,
+            bytes_total: record.bytes_total,
+            image_id: record.image_id,
+            error: record.error.map(ErrorDetail::from),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            request: record.request,
+            result,
+        }
+    }
+}
+
+/// `GET /v1/jobs`: every job this daemon knows, the newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct JobList {
+    pub(crate) jobs: Vec<Job>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_counts_serialise_like_the_jobs_own_counts() {
+        let counts = serde_json::to_value(JobCounts::from(StateCounts::default())).unwrap();
+        assert_eq!(
+            serde_json::to_value(StateCounts::default()).unwrap(),
+            counts
+        );
+    }
+}

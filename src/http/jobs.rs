@@ -1,0 +1,230 @@
+//! Uploads and jobs: `POST /v1/images` makes a job (or finds the one its
+//! `Idempotency-Key` names) and answers at once (`?wait=false`) or when the job
+//! ended; `GET /v1/jobs` and `GET /v1/jobs/{id}` show them. The job's task runs
+//! the upload ([`ImageService::run_job`]) and records its answer or its error
+//! with the contract's code.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::AppState;
+use crate::api::{ErrorBody, Job, JobList, UploadAnswer, UploadFields};
+use crate::images::{ImageError, ImageService, PreparedUpload, UploadRequest};
+use crate::jobs::{IdempotencyKey, JobHandle, JobId, JobState, JobTask, Jobs, NewJob};
+
+/// The daemon's jobs: every upload is one.
+pub(crate) type UploadJobs = Jobs<UploadFields>;
+
+/// The query of `POST /v1/images`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UploadParams {
+    /// `false`: answer `202` with the job at once instead of waiting for it.
+    wait: Option<bool>,
+}
+
+/// Uploads an image file as a new revision, as a job.
+#[utoipa::path(post, path = "/v1/images",
+    params(UploadParams,
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Letters, digits and -_.: (at most 128): a retry with the same key \
+                           and body gets the same job; another body is 409 conflict."),
+        ("X-Request-Id" = Option<String>, Header,
+            description = "Names the upload in the image's marker; one already used by an \
+                           upload under way is 409 conflict.")),
+    request_body = UploadFields,
+    responses(
+        (status = 201, body = UploadAnswer, description = "The new image (waiting form)"),
+        (status = 202, body = Job, description = "The job, under way (wait=false)"),
+        (status = 200, body = Job, description = "The job the key names, already ended (wait=false)"),
+        (status = 400, body = ErrorBody, description = "invalid_request, file_not_found"),
+        (status = 403, body = ErrorBody, description = "path_not_allowed"),
+        (status = 404, body = ErrorBody, description = "unknown_cloud"),
+        (status = 409, body = ErrorBody, description = "conflict"),
+        (status = 413, body = ErrorBody, description = "image_too_large, request_too_large"),
+        (status = 502, body = ErrorBody, description = "upload_image_failed, get_image_failed, openstack_connection_failed"),
+        (status = 503, body = ErrorBody, description = "not_ready, shutting_down, interrupted")))]
+pub(crate) async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<UploadParams>,
+    ApiJson(fields): ApiJson<UploadFields>,
+) -> Result<Response, ApiError> {
+    let wait = params.wait.unwrap_or(true);
+    let key = idempotency_key(&headers)?;
+    let request = UploadRequest::parse(fields.clone())
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    // A retry is answered before its file or cloud are looked at: the file may be
+    // gone by now, and the job is what the client wants.
+    if let Some(retried) = retried_job(&state.jobs, key.as_ref(), &fields)? {
+        return Ok(answer(&retried, wait, false).await);
+    }
+    let id = JobId::random();
+    let upload_id = request_id(&headers).unwrap_or_else(|| id.to_string());
+    let prepared = match state.images.prepare(request, &upload_id).await {
+        Ok(prepared) => prepared,
+        Err(err @ ImageError::UploadIdInUse(_)) => {
+            // The same request sent twice at once under one key: the other one won.
+            if let Some(retried) = retried_job(&state.jobs, key.as_ref(), &fields)? {
+                return Ok(answer(&retried, wait, false).await);
+            }
+            return Err(err.into());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let submitted = state
+        .jobs
+        .submit(NewJob {
+            id,
+            request: fields,
+            idempotency_key: key,
+            bytes_total: prepared.size(),
+            clouds: vec![prepared.cloud().to_string()],
+        })
+        .await?;
+    let created = submitted.task.is_some();
+    if let Some(task) = submitted.task {
+        let work = run_job(state.images.clone(), prepared, task);
+        // Under the daemon's stop: a client that hangs up does not cancel it; a
+        // stop lets it run for shutdown_grace (see crate::shutdown). Refused
+        // once the stop began: the dropped task records the job interrupted.
+        if state.images.shutdown().spawn(work, || async {}).is_err() {
+            tracing::info!(job = %id, "the daemon is stopping: the job does not start");
+        }
+    }
+    Ok(answer(&submitted.handle, wait, created).await)
+}
+
+fn retried_job(
+    jobs: &UploadJobs,
+    key: Option<&IdempotencyKey>,
+    fields: &UploadFields,
+) -> Result<Option<JobHandle<UploadFields>>, ApiError> {
+    match key {
+        Some(key) => Ok(jobs.find_by_key(key, fields)?),
+        None => Ok(None),
+    }
+}
+
+/// The `Idempotency-Key` header, if any; a malformed one is `400 invalid_request`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = |e: crate::jobs::InvalidIdempotencyKey| ApiError::invalid_request(e.to_string());
+    let text = value
+        .to_str()
+        .map_err(|_| invalid(crate::jobs::InvalidIdempotencyKey))?;
+    text.parse().map(Some).map_err(invalid)
+}
+
+/// The caller's `X-Request-Id` names the upload (the image's marker) when it is a
+/// sane token; otherwise the job id does.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    let id = headers.get("x-request-id")?.to_str().ok()?;
+    let sane = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    sane.then(|| id.to_string())
+}
+
+/// The answer to `POST /v1/images` for `handle`'s job: at once (`wait=false`:
+/// `202` while it runs or when it was just made, `200` when a retry finds it
+/// ended), or once it ended (`201` with the upload's answer, or its error).
+async fn answer(handle: &JobHandle<UploadFields>, wait: bool, created: bool) -> Response {
+    if !wait {
+        let job = wire_job(handle);
+        let status = if created || !job.state.is_terminal() {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        return (status, Json(job)).into_response();
+    }
+    let record = handle.wait_finished().await;
+    if record.state == JobState::Succeeded {
+        match outcome(handle) {
+            Some(outcome) => (StatusCode::CREATED, Json(outcome)).into_response(),
+            None => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("job {} succeeded but its answer was not kept", record.job),
+            )
+            .into_response(),
+        }
+    } else {
+        let failure = record.error.unwrap_or_else(|| {
+            crate::jobs::JobFailure::new("internal_error", "the job failed without an error")
+        });
+        ApiError::of_failure(&failure).into_response()
+    }
+}
+
+fn outcome(handle: &JobHandle<UploadFields>) -> Option<UploadAnswer> {
+    serde_json::from_value(handle.outcome()?).ok()
+}
+
+fn wire_job(handle: &JobHandle<UploadFields>) -> Job {
+    Job::new(handle.record(), outcome(handle))
+}
+
+/// The job's task: the upload, then its answer or its error in the job.
+async fn run_job(images: Arc<ImageService>, prepared: PreparedUpload, task: JobTask<UploadFields>) {
+    let job = task.id();
+    let cloud = prepared.cloud().to_string();
+    let started = std::time::Instant::now();
+    let outcome = images.run_job(prepared, &task).await;
+    crate::metrics::upload_ended(
+        &cloud,
+        task.bytes_sent().get(),
+        outcome.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
+    match outcome {
+        Ok(answer) => {
+            let kept = serde_json::to_value(&answer).ok();
+            if let Err(err) = task.succeed_with(&answer.id, kept).await {
+                tracing::warn!(%job, error = %err, "cannot record the job's success");
+            }
+        }
+        Err(err) => {
+            let failure = ApiError::from(err).to_failure();
+            tracing::warn!(%job, code = %failure.code, message = %failure.message, "job failed");
+            // A job a stop already ended stays as the stop recorded it.
+            let _ = task.fail(failure).await;
+        }
+    }
+}
+
+/// One job.
+#[utoipa::path(get, path = "/v1/jobs/{id}",
+    params(("id" = String, Path, description = "The job id (32 lowercase hex digits)")),
+    responses(
+        (status = 200, body = Job),
+        (status = 404, body = ErrorBody, description = "not_found: no such job")))]
+pub(crate) async fn job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    let no_such_job = || ApiError::not_found(format!("no such job: '{id}'"));
+    let parsed: JobId = id.parse().map_err(|_| no_such_job())?;
+    let handle = state.jobs.handle(&parsed).ok_or_else(no_such_job)?;
+    Ok(Json(wire_job(&handle)))
+}
+
+/// Every job (running, and ended within `job_retention`), the newest first.
+#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, body = JobList)))]
+pub(crate) async fn jobs(State(state): State<AppState>) -> Json<JobList> {
+    let jobs = state.jobs.handles().iter().map(wire_job).collect();
+    Json(JobList { jobs })
+}
