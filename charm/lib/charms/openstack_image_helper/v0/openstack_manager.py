@@ -112,6 +112,8 @@ _RECONNECT_WINDOW = 30.0
 # Polling of a job: the first wait, and the longest.
 _POLL_FIRST = 0.2
 _POLL_MAX = 2.0
+# However short an upload's timeout, how long its POST may take to be answered.
+_POST_GRACE = 10.0
 # A socket timeout that is no limit in practice (a day).
 _NO_LIMIT = 86400.0
 # How many failed jobs of earlier hook runs an upload steps over before giving up.
@@ -211,6 +213,10 @@ class _UploadImageConnectionError(UploadImageError, OpenstackConnectionError):
 
 class _UnreachableError(Exception):
     """The daemon could not be reached, or gave no HTTP answer."""
+
+
+class _NoAnswerInTimeError(_UnreachableError):
+    """The daemon took the request but did not answer within the socket timeout."""
 
 
 @dataclasses.dataclass
@@ -390,6 +396,8 @@ class _Daemon:
             response = conn.getresponse()
             raw = response.read()
             status = response.status
+        except socket.timeout as exc:
+            raise _NoAnswerInTimeError(f"{self.url}: no answer in time") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _UnreachableError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -744,8 +752,12 @@ class OpenstackManager:
     ) -> _Answer:
         headers = {} if key is None else {"Idempotency-Key": key}
         logger.debug("upload %s (Idempotency-Key %s)", body, key)
-        # A daemon without jobs (0.1) answers only when the upload has ended: wait.
-        remaining = _NO_LIMIT if deadline is None else max(deadline - time.monotonic(), 0.001)
+        # A daemon with jobs answers at once. One without (0.1) answers when the
+        # upload has ended: wait for it, up to the deadline (but give a loaded
+        # daemon a few seconds to take the job, however short the timeout).
+        remaining = _NO_LIMIT
+        if deadline is not None:
+            remaining = max(deadline - time.monotonic(), _POST_GRACE)
         try:
             return self._daemon.request(
                 "POST",
@@ -755,6 +767,11 @@ class OpenstackManager:
                 headers=headers,
                 timeout=remaining,
             )
+        except _NoAnswerInTimeError as exc:
+            raise UploadImageError(
+                f"upload of {body['src_path']}: the daemon did not answer in time",
+                code="timeout",
+            ) from exc
         except _UnreachableError as exc:
             raise _UploadImageConnectionError(
                 f"the openstack-image-helper daemon is unreachable: {exc}"
