@@ -11,6 +11,7 @@ from typing import Any, Dict
 
 import pytest
 
+import charms.openstack_image_helper.v0.openstack_manager as openstack_manager
 from charms.openstack_image_helper.v0.openstack_manager import (
     GetImageError,
     OpenstackConnectionError,
@@ -156,17 +157,20 @@ def test_keyword_arguments_win_over_the_environment(
         OpenstackManager(None).get_latest_image_id("jammy", app_name, "x64")
 
 
-def test_the_defaults_are_the_contracts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_defaults_are_the_contracts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert openstack_manager.DEFAULT_URL == "http://127.0.0.1:8427"
+    assert openstack_manager.DEFAULT_TOKEN_FILE == "/var/lib/openstack-image-helper/api-token"
     monkeypatch.delenv("OPENSTACK_IMAGE_HELPER_URL", raising=False)
     monkeypatch.delenv("OPENSTACK_IMAGE_HELPER_TOKEN_FILE", raising=False)
-    default_token = Path("/var/lib/openstack-image-helper/api-token")
-    if default_token.exists():
-        pytest.fail(f"{default_token} exists: this test needs a machine without a daemon")
+    # Without environment or keyword arguments, the defaults are what is used (the token
+    # file's is moved aside: this machine may run a daemon of its own).
+    missing = tmp_path / "default-token"
+    monkeypatch.setattr(openstack_manager, "DEFAULT_TOKEN_FILE", str(missing))
     with pytest.raises(OpenstackConnectionError) as caught:
         OpenstackManager(None)
-    assert str(default_token) in str(caught.value)
-    manager = OpenstackManager(None, token="t")
-    assert manager._daemon.url == "http://127.0.0.1:8427"
+    assert str(missing) in str(caught.value)
+    missing.write_text("a-token\n")
+    assert OpenstackManager(None)._daemon.url == openstack_manager.DEFAULT_URL
 
 
 def test_a_bad_url_is_a_connection_error() -> None:
