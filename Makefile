@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
 TEST_TOKEN_LIFETIME ?= 60
 
-.PHONY: demo test unit bed bed-down bench build fmt lint deps openapi systemd-check systemd-test
+.PHONY: demo test unit bed bed-down bench build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check
 
 # Debian packages the demo and the tests use (qcow2 images are made with qemu-img).
 deps:
@@ -27,6 +27,7 @@ bed-down:
 
 test: deps bed
 	cargo test --all-targets
+	$(MAKE) charmlib-test
 
 unit:
 	cargo test --lib
@@ -56,3 +57,70 @@ systemd-check:
 systemd-test: bed
 	cargo build
 	tests/systemd/nspawn-test.sh
+
+# --- Install, package, charm library ---------------------------------------------------
+#   make install         the binary, the unit, the reference config, the docs and the charm library
+#   make deb             target/deb/openstack-image-helper_<version>_<arch>.deb (cargo-deb)
+#   make charmlib-check  ruff, mypy --strict and the Python 3.8 check of the charm library
+#   make charmlib-test   the charm library's tests against the real daemon and test bed
+
+# /usr/local: a `make install` is the local administrator's, beside (not over) what the
+# .deb puts in /usr. The installed unit's ExecStart is rewritten to $(BINDIR), so the
+# unit runs the binary this install put there, whatever PREFIX is. The config lives in
+# /etc whatever PREFIX is, as the unit and the CLI expect; an existing one is kept.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/openstack-image-helper
+DATADIR ?= $(PREFIX)/share/openstack-image-helper
+CHARMLIB := charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
+UNIT := systemd/openstack-image-helper.service
+# The unit with ExecStart in bin dir $(1) (the checked-in unit names /usr/bin or
+# /usr/local/bin) and its Documentation in doc dir $(2).
+unit_for = sed -e 's\#^ExecStart=/usr/\(local/\)\{0,1\}bin/\#ExecStart=$(1)/\#' \
+	-e 's\#file:///usr/share/doc/openstack-image-helper/\#file://$(2)/\#' $(UNIT)
+
+install: build
+	install -D -m 755 target/release/openstack-image-helper $(DESTDIR)$(BINDIR)/openstack-image-helper
+	install -d -m 755 $(DESTDIR)$(UNITDIR)
+	$(call unit_for,$(BINDIR),$(DOCDIR)) > $(DESTDIR)$(UNITDIR)/openstack-image-helper.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/openstack-image-helper.service
+	install -d -m 755 $(DESTDIR)$(SYSCONFDIR)/openstack-image-helper
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/openstack-image-helper/config.yaml ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/openstack-image-helper/config.yaml; the reference is $(DESTDIR)$(DOCDIR)/config.yaml"; \
+	else \
+		install -m 644 config/config.yaml $(DESTDIR)$(SYSCONFDIR)/openstack-image-helper/config.yaml; \
+	fi
+	install -D -m 644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 644 charm/README.md $(DESTDIR)$(DOCDIR)/charm-library.md
+	install -D -m 644 config/config.yaml $(DESTDIR)$(DOCDIR)/config.yaml
+	install -D -m 644 $(CHARMLIB) $(DESTDIR)$(DATADIR)/charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# cargo-deb builds the release binary itself. The package's unit is made here from the
+# checked-in one, with ExecStart at /usr/bin (Cargo.toml [package.metadata.deb]).
+deb:
+	@command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+	mkdir -p target/deb/systemd
+	$(call unit_for,/usr/bin,/usr/share/doc/openstack-image-helper) > target/deb/systemd/openstack-image-helper.service
+	cargo deb --output target/deb/ -- --locked
+
+CHARM_VENV := target/charm-venv
+$(CHARM_VENV)/stamp: charm/requirements-dev.txt
+	python3 -m venv $(CHARM_VENV)
+	$(CHARM_VENV)/bin/pip install --quiet --disable-pip-version-check -r charm/requirements-dev.txt
+	touch $@
+
+charmlib-check: $(CHARM_VENV)/stamp
+	cd charm && ../$(CHARM_VENV)/bin/ruff check .
+	cd charm && ../$(CHARM_VENV)/bin/ruff format --check .
+	cd charm && ../$(CHARM_VENV)/bin/mypy --strict
+	cd charm && ../$(CHARM_VENV)/bin/python check_py38.py
+
+# Against the bed of OSIH_BED_DIR when it is set (one running elsewhere: left as it is),
+# else this checkout's own (started by `make bed`).
+charmlib-test: $(CHARM_VENV)/stamp $(if $(OSIH_BED_DIR),,bed)
+	cargo build --bin openstack-image-helper
+	cd charm && ../$(CHARM_VENV)/bin/pytest $(PYTEST_ARGS)
