@@ -9,13 +9,13 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// Bytes sent so far by the upload with this request id (0 before it starts).
-async fn sent_bytes(d: &TestDaemon, request_id: &str) -> u64 {
-    let u = d.get("/v1/uploads").await;
-    u.body["uploads"]
+/// Bytes sent so far by the job uploading `app`'s image (0 before it starts).
+async fn sent_bytes(d: &TestDaemon, app: &str) -> u64 {
+    let jobs = d.get("/v1/jobs").await;
+    jobs.body["jobs"]
         .as_array()
-        .and_then(|l| l.iter().find(|x| x["upload_id"] == request_id))
-        .and_then(|x| x["sent_bytes"].as_u64())
+        .and_then(|l| l.iter().find(|j| j["request"]["app_name"] == app))
+        .and_then(|j| j["bytes_sent"].as_u64())
         .unwrap_or(0)
 }
 
@@ -42,8 +42,13 @@ async fn a_file_overwritten_in_place_during_the_upload_fails_it_and_leaves_nothi
     // Once bytes flow, overwrite a block well ahead of the reader (which reads at
     // most a few MiB ahead of the network): same size, other bytes.
     let overwrite = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let sent = sent_bytes(&d, &request_id).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no byte of the upload was sent within 120 s"
+            );
+            let sent = sent_bytes(&d, &app).await;
             if sent > 0 {
                 let at = sent + AHEAD;
                 assert!(

@@ -110,12 +110,12 @@ async fn every_route_is_in_the_document_and_every_documented_route_is_served() {
     assert_eq!(
         documented,
         [
+            "GET /metrics",
             "GET /v1/health",
             "GET /v1/images/latest",
             "GET /v1/jobs",
             "GET /v1/jobs/{id}",
             "GET /v1/openapi.json",
-            "GET /metrics",
             "GET /v1/status",
             "POST /v1/images",
             "PUT /v1/clouds",

@@ -220,10 +220,14 @@ impl Served {
     pub async fn wait_uploading(&self, within: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let uploads = self.get("/v1/uploads").await.body;
-            let sending = uploads["uploads"].as_array().and_then(|list| {
+            let uploads = self.get("/v1/jobs").await.body;
+            let sending = uploads["jobs"].as_array().and_then(|list| {
                 list.iter()
-                    .find(|u| u["image_id"].is_string() && u["sent_bytes"].as_u64() > Some(0))
+                    .find(|j| {
+                        j["state"] == "uploading"
+                            && j["image_id"].is_string()
+                            && j["bytes_sent"].as_u64() > Some(0)
+                    })
                     .cloned()
             });
             if let Some(upload) = sending {

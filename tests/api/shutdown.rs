@@ -37,12 +37,13 @@ async fn upload_with_client_gone(gate: &Gate, grace: &str) -> (Served, String, S
     let _ = client.await;
     let image_id = upload["image_id"].as_str().unwrap().to_string();
     // The client is gone; the upload is not.
-    let uploads = daemon.get("/v1/uploads").await.body;
-    assert_eq!(
-        uploads["uploads"].as_array().map(Vec::len),
-        Some(1),
-        "{uploads}"
-    );
+    let jobs = daemon.get("/v1/jobs").await.body;
+    let running = jobs["jobs"].as_array().map(|list| {
+        list.iter()
+            .filter(|j| j["state"] != "succeeded" && j["state"] != "failed")
+            .count()
+    });
+    assert_eq!(running, Some(1), "{jobs}");
     (daemon, image_id, format!("jammy-{app}-x64"))
 }
 
@@ -123,7 +124,7 @@ async fn sigterm_with_a_grace_shorter_than_the_upload_deletes_its_image_and_exit
     );
     assert!(daemon
         .log()
-        .contains("deleted the image of an upload aborted by the stop"));
+        .contains("deleted the image of an interrupted job"));
 }
 
 #[tokio::test]
