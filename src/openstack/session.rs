@@ -10,6 +10,12 @@
 //!   lifetime, so that there is one token request per lifetime, not a storm;
 //! - when that fails, again with exponential backoff and jitter, while the current
 //!   token stays in use until it expires;
+//! - one login at a time, and the backoff is the cloud's, not the loop's: a
+//!   request that needs a token during it gets the failed login's error at once
+//!   (a wrong password must not cost Keystone one attempt per hook call: accounts
+//!   get locked), and requests that arrive during a login share it;
+//! - a token without a project is refused like bad credentials: the project id
+//!   is the owner every image query filters on;
 //! - a service's 401 (a revoked token) triggers one re-authentication shared by
 //!   every request that saw it (single flight), and the request is retried once.
 //!
@@ -33,12 +39,15 @@ use crate::clouds::CloudConfig;
 
 /// A token this close to expiry is not sent: it could expire on the way.
 pub(crate) const EXPIRY_SAFETY: Duration = Duration::from_secs(5);
-/// Backoff after failed authentications starts here...
+/// Backoff after a failed login (Keystone unreachable, 5xx) starts here...
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// ...and doubles up to this, so a Keystone that comes back is noticed quickly.
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// Rejected credentials are retried more slowly: Keystone may lock the account.
-const BACKOFF_CAP_UNAUTHORIZED: Duration = Duration::from_secs(300);
+/// Refused credentials are retried much more slowly (Keystone may lock the
+/// account, and only an operator fixes them): from this...
+const BACKOFF_BASE_REFUSED: Duration = Duration::from_secs(10);
+/// ...up to this.
+const BACKOFF_CAP_REFUSED: Duration = Duration::from_secs(300);
 
 /// When to refresh a token of `lifetime`, counted from when it was requested.
 pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
@@ -53,8 +62,8 @@ pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
 
 /// The wait before retry number `failures` (1-based), with "equal jitter": half
 /// fixed, half random, so that many daemons do not retry in step.
-pub(crate) fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+pub(crate) fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let full = exp.min(cap);
     full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
@@ -79,6 +88,8 @@ pub struct Authenticated {
     pub token: Token,
     /// Glance's base URL, without the `/v2` suffix.
     pub image_endpoint: Url,
+    /// The token's project id: the owner every image query filters on.
+    pub(crate) owner: String,
     /// Counts re-authentications, so that concurrent 401s share one (single flight).
     pub generation: u64,
 }
@@ -98,6 +109,17 @@ struct Stats {
     unauthorized_responses: u64,
     /// The last authentication error, cleared by the next success.
     last_error: Option<String>,
+}
+
+/// The cloud's login backoff, shared by the refresh loop and every request.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Failed logins in a row.
+    failures: u32,
+    /// No login before this; requests meanwhile get `last` at once.
+    until: Option<Instant>,
+    /// The last login's error.
+    last: Option<OpenStackError>,
 }
 
 /// The daemon's view of a cloud, as `/v1/status` shows it. Holds no secret.
@@ -130,6 +152,8 @@ pub struct Session {
     renewing: tokio::sync::Mutex<()>,
     /// Counters and last error.
     stats: Mutex<Stats>,
+    /// Failed logins and when the next may be made.
+    backoff: Mutex<Backoff>,
     /// Wakes the refresh loop when a token was replaced outside it.
     wake: Arc<Notify>,
     /// The refresh loop, aborted when the session is dropped (clouds replaced).
@@ -159,12 +183,15 @@ impl Session {
     pub fn new(cloud: CloudConfig, margin: Duration) -> Result<Arc<Session>, OpenStackError> {
         let clients = HttpClients::for_cloud(&cloud)?;
         let issuer: TokenIssuer = {
-            let client = clients.api.clone();
+            let clients = clients.clone();
             let cloud = cloud.clone();
             Arc::new(move || {
-                let client = client.clone();
+                let clients = clients.clone();
                 let cloud = cloud.clone();
-                Box::pin(async move { keystone::issue_token(&client, &cloud).await })
+                Box::pin(async move {
+                    clients.check_url(&cloud.name, cloud.auth.auth_url())?;
+                    keystone::issue_token(&clients.api, &cloud).await
+                })
             })
         };
         Ok(Self::with_issuer(cloud, clients, margin, issuer))
@@ -185,6 +212,7 @@ impl Session {
             current: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
             stats: Mutex::new(Stats::default()),
+            backoff: Mutex::new(Backoff::default()),
             wake: Arc::new(Notify::new()),
             refresher: Mutex::new(None),
         })
@@ -205,14 +233,55 @@ impl Session {
         }
     }
 
+    fn with_backoff<R>(&self, f: impl FnOnce(&mut Backoff) -> R) -> R {
+        match self.backoff.lock() {
+            Ok(mut backoff) => f(&mut backoff),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// The failed login's error while its backoff runs.
+    fn backing_off(&self, now: Instant) -> Option<OpenStackError> {
+        self.with_backoff(|b| match b.until {
+            Some(until) if now < until => b.last.clone(),
+            _ => None,
+        })
+    }
+
+    /// When the backoff ends, if one runs.
+    fn backoff_until(&self) -> Option<Instant> {
+        self.with_backoff(|b| b.until)
+    }
+
+    /// Records a failed login and starts (or lengthens) the backoff.
+    fn login_failed(&self, err: &OpenStackError) {
+        let (base, cap) = match err {
+            OpenStackError::Unauthorized { .. } => (BACKOFF_BASE_REFUSED, BACKOFF_CAP_REFUSED),
+            _ => (BACKOFF_BASE, BACKOFF_CAP),
+        };
+        let wait = self.with_backoff(|b| {
+            b.failures = b.failures.saturating_add(1);
+            let wait = backoff(b.failures, base, cap, rand::random::<f64>());
+            b.until = Some(Instant::now() + wait);
+            b.last = Some(err.clone());
+            wait
+        });
+        tracing::warn!(
+            cloud = %self.cloud.name, error = %err, retry_in_ms = wait.as_millis() as u64,
+            "authentication failed"
+        );
+        self.with_stats(|s| s.last_error = Some(err.to_string()));
+    }
+
     /// The current token if it is still good to send.
     pub(crate) fn valid(&self) -> Option<Arc<Authenticated>> {
         self.current().filter(|a| a.usable_at(Instant::now()))
     }
 
     /// Requests a new token unless someone already replaced the one the caller saw
-    /// (`seen`: the generation it saw, `None` if it saw none). Single flight: callers
-    /// that arrive while a request is under way wait for it and share its result.
+    /// (`seen`: the generation it saw, `None` if it saw none). One login at a time:
+    /// callers that arrive while one is under way wait for it and share its result,
+    /// and during the backoff after a failed one they get its error at once.
     pub(crate) async fn renew(
         &self,
         seen: Option<u64>,
@@ -223,13 +292,17 @@ impl Session {
                 return Ok(current);
             }
         }
+        if let Some(err) = self.backing_off(Instant::now()) {
+            return Err(err);
+        }
         self.with_stats(|s| s.token_requests += 1);
         let result = (self.issuer)().await.and_then(|token| {
+            let owner = token.scope.project_id(&self.cloud.name)?.to_string();
             let image_endpoint = keystone::image_endpoint(&self.cloud, &token)?;
-            Ok((token, image_endpoint))
+            Ok((token, image_endpoint, owner))
         });
         match result {
-            Ok((token, image_endpoint)) => {
+            Ok((token, image_endpoint, owner)) => {
                 let generation = self.current().map(|c| c.generation + 1).unwrap_or(1);
                 tracing::info!(
                     cloud = %self.cloud.name,
@@ -240,18 +313,20 @@ impl Session {
                 let fresh = Arc::new(Authenticated {
                     token,
                     image_endpoint,
+                    owner,
                     generation,
                 });
                 if let Ok(mut current) = self.current.write() {
                     *current = Some(fresh.clone());
                 }
+                self.with_backoff(|b| *b = Backoff::default());
                 self.with_stats(|s| s.last_error = None);
                 self.wake.notify_waiters();
                 Ok(fresh)
             }
             Err(err) => {
-                tracing::warn!(cloud = %self.cloud.name, error = %err, "authentication failed");
-                self.with_stats(|s| s.last_error = Some(err.to_string()));
+                self.login_failed(&err);
+                self.wake.notify_waiters();
                 Err(err)
             }
         }
@@ -265,13 +340,19 @@ impl Session {
             return Ok(valid);
         }
         let seen = self.current().map(|c| c.generation);
-        self.renew(seen).await.map_err(|err| match err {
-            OpenStackError::Unauthorized { .. } => err,
+        self.renew(seen).await.map_err(|err| self.not_ready(err))
+    }
+
+    /// A failed login as a request sees it: refused credentials stay
+    /// `Unauthorized`, anything else means there is no session yet.
+    fn not_ready(&self, err: OpenStackError) -> OpenStackError {
+        match err {
+            OpenStackError::Unauthorized { .. } | OpenStackError::NotReady { .. } => err,
             other => OpenStackError::NotReady {
                 cloud: self.cloud.name.clone(),
                 reason: other.to_string(),
             },
-        })
+        }
     }
 
     /// Sends the request `build` makes (from the client `via` names and the image
@@ -301,7 +382,10 @@ impl Session {
         }
         self.with_stats(|s| s.unauthorized_responses += 1);
         tracing::info!(cloud = %self.cloud.name, "{service} answered 401: re-authenticating");
-        let auth = self.renew(Some(auth.generation)).await?;
+        let auth = self
+            .renew(Some(auth.generation))
+            .await
+            .map_err(|err| self.not_ready(err))?;
         match again {
             Some(request) => self.execute(service, via, request, &auth).await,
             None => Ok(response),
@@ -324,6 +408,7 @@ impl Session {
         auth: &Authenticated,
     ) -> Result<reqwest::Response, OpenStackError> {
         let client = self.client(via);
+        self.clients.check_url(&self.cloud.name, request.url())?;
         request
             .headers_mut()
             .insert("X-Auth-Token", token_header(auth)?);
@@ -450,46 +535,35 @@ fn token_header(auth: &Authenticated) -> Result<HeaderValue, OpenStackError> {
 }
 
 async fn refresh_loop(weak: Weak<Session>, wake: Arc<Notify>) {
-    let mut failures: u32 = 0;
-    let mut cap = BACKOFF_CAP;
     loop {
+        // Listening before reading the state: a wake-up in between is not lost.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let at = {
             let Some(session) = weak.upgrade() else {
                 return;
             };
             let now = Instant::now();
-            match session.current() {
-                _ if failures > 0 => now + backoff(failures, cap, rand::random::<f64>()),
-                Some(current) if current.usable_at(now) => {
+            match (session.backoff_until(), session.current()) {
+                (Some(until), _) => until,
+                (None, Some(current)) if current.usable_at(now) => {
                     let requested_at = current.token.valid_until - current.token.lifetime;
                     requested_at + refresh_delay(current.token.lifetime, session.margin)
                 }
                 _ => now,
             }
         };
-        let woken = wake.notified();
         tokio::select! {
             _ = tokio::time::sleep_until(at) => {}
-            _ = woken => { failures = 0; continue; }
+            _ = woken => continue,
         }
         let Some(session) = weak.upgrade() else {
             return;
         };
         let seen = session.current().map(|c| c.generation);
-        match session.renew(seen).await {
-            Ok(_) => {
-                failures = 0;
-                cap = BACKOFF_CAP;
-            }
-            Err(err) => {
-                failures = failures.saturating_add(1);
-                cap = if matches!(err, OpenStackError::Unauthorized { .. }) {
-                    BACKOFF_CAP_UNAUTHORIZED
-                } else {
-                    BACKOFF_CAP
-                };
-            }
-        }
+        // A failure is recorded in the session's backoff, which the next turn reads.
+        let _ = session.renew(seen).await;
     }
 }
 
@@ -528,12 +602,12 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter_within_half() {
-        let cap = Duration::from_secs(30);
-        assert_eq!(backoff(1, cap, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff(1, cap, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, cap, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(20, cap, 1.0), cap);
-        assert_eq!(backoff(20, cap, 0.0), cap / 2);
+        let (base, cap) = (BACKOFF_BASE, Duration::from_secs(30));
+        assert_eq!(backoff(1, base, cap, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(1, base, cap, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(20, base, cap, 1.0), cap);
+        assert_eq!(backoff(20, base, cap, 0.0), cap / 2);
     }
 
     fn test_cloud() -> CloudConfig {
@@ -561,7 +635,7 @@ clouds:
             expires_at: Utc::now() + chrono::Duration::from_std(lifetime).unwrap(),
             valid_until: Instant::now() + lifetime,
             lifetime,
-            project_id: Some("p".into()),
+            scope: keystone::TokenScope::Project("p".into()),
             catalog: vec![],
         }
     }
@@ -650,6 +724,88 @@ clouds:
             assert_eq!(t.await.unwrap(), 2);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A session whose every token request takes `takes`, then fails with `error`.
+    fn failing_session(
+        takes: Duration,
+        error: fn() -> OpenStackError,
+    ) -> (Arc<Session>, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let issuer: TokenIssuer = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(takes).await;
+                Err(error())
+            })
+        });
+        let cloud = test_cloud();
+        let clients = HttpClients::for_cloud(&cloud).unwrap();
+        let margin = Duration::from_secs(600);
+        (Session::with_issuer(cloud, clients, margin, issuer), calls)
+    }
+
+    fn rejected() -> OpenStackError {
+        OpenStackError::Unauthorized {
+            cloud: "t".into(),
+            reason: super::super::Refusal::Rejected {
+                status: 401,
+                message: "The request you have made requires authentication.".into(),
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_password_is_tried_once_by_many_and_then_backs_off() {
+        let (session, calls) = failing_session(Duration::from_millis(300), rejected);
+        session.start_refresher();
+        let burst = (0..50).map(|_| session.authenticated());
+        for result in futures_util::future::join_all(burst).await {
+            assert!(matches!(result, Err(OpenStackError::Unauthorized { .. })));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "50 requests, one attempt");
+        let mut answered_at_once = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let sent = Instant::now();
+            let result = session.authenticated().await;
+            assert!(matches!(result, Err(OpenStackError::Unauthorized { .. })));
+            if sent.elapsed().is_zero() {
+                answered_at_once += 1;
+            }
+        }
+        let attempts = calls.load(Ordering::SeqCst);
+        assert!(attempts <= 3, "{attempts} attempts in 10 s");
+        // Only a request that arrives during an attempt waits for it (0.3 s).
+        assert!(answered_at_once >= 100 - 3 * 3, "{answered_at_once}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_keystone_hung_waiting_requests_share_one_attempt() {
+        let hung = || OpenStackError::Connection {
+            cloud: "t".into(),
+            service: Service::Keystone,
+            url: "http://k".into(),
+            cause: "operation timed out".into(),
+        };
+        let (session, calls) = failing_session(Duration::from_secs(60), hung);
+        let waiting = (0..10).map(|_| session.authenticated());
+        for result in futures_util::future::join_all(waiting).await {
+            assert!(matches!(result, Err(OpenStackError::NotReady { .. })));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // In the backoff that follows, a request answers at once with that error.
+        let sent = Instant::now();
+        let result = session.authenticated().await;
+        assert!(sent.elapsed().is_zero());
+        match result {
+            Err(OpenStackError::NotReady { reason, .. }) => {
+                assert!(reason.contains("timed out"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

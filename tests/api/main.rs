@@ -7,6 +7,7 @@ mod faults;
 mod foundation;
 mod helpers;
 mod images;
+mod keystone_faults;
 mod src_path;
 mod tls;
 mod tokens;
