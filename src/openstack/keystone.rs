@@ -174,7 +174,7 @@ pub(crate) async fn issue_token(
     let text = response.text().await.map_err(|e| {
         OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e)
     })?;
-    if status == reqwest::StatusCode::UNAUTHORIZED {
+    if refuses_credentials(&cloud.auth, status) {
         return Err(OpenStackError::Unauthorized {
             cloud: cloud.name.clone(),
             reason: Refusal::Rejected {
@@ -219,6 +219,15 @@ pub(crate) async fn issue_token(
             .filter(|s| s.service_type == "image")
             .collect(),
     })
+}
+
+/// Whether Keystone's answer to the token request says the credentials are bad:
+/// a 401, or for an application credential a 404 (Keystone's answer when it was
+/// deleted: "Could not find Application Credential").
+fn refuses_credentials(auth: &Auth, status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::UNAUTHORIZED
+        || (status == reqwest::StatusCode::NOT_FOUND
+            && matches!(auth, Auth::ApplicationCredential { .. }))
 }
 
 /// The image endpoint for this cloud: the override, else the catalog's `image`

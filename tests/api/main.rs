@@ -3,6 +3,7 @@
 //! One test binary with a module per feature, so it links once.
 
 mod cli;
+mod credentials;
 mod faults;
 mod foundation;
 mod helpers;
