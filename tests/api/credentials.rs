@@ -80,17 +80,60 @@ async fn user_token(user: &str, password: &str) -> String {
 }
 
 /// A new application credential of the user: (id, clouds.yaml entry).
+/// A creation that failed with "database is locked" may still have been stored
+/// (then the same name is a 409): each attempt takes a new name.
 async fn create_app_credential(user: &str, token: &str) -> (String, serde_yaml::Value) {
-    let body = json!({"application_credential": {"name": unique_app("cred")}});
     let path = format!("/users/{user}/application_credentials");
-    let (status, body, _) = keystone(reqwest::Method::POST, &path, Some(token), Some(body)).await;
-    assert_eq!(status, 201, "{body}");
+    let mut attempts = 0;
+    let body = loop {
+        let body = json!({"application_credential": {"name": unique_app("cred")}});
+        let answer = keystone_once(reqwest::Method::POST, &path, Some(token), Some(body)).await;
+        attempts += 1;
+        match answer {
+            Some((201, body, _)) => break body,
+            other if attempts < 5 => {
+                eprintln!("creating an application credential: {other:?}; again");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => panic!("creating an application credential: {other:?}"),
+        }
+    };
     let id = body["application_credential"]["id"].as_str().unwrap();
     let secret = body["application_credential"]["secret"].as_str().unwrap();
     let mut entry = Bed::get().cloud_entry("charm-appcred");
     entry["auth"]["application_credential_id"] = id.into();
     entry["auth"]["application_credential_secret"] = secret.into();
     (id.to_string(), entry)
+}
+
+/// Removes the role rows of deleted application credentials from the bed's
+/// Keystone database. Its SQLite does not enforce `ON DELETE CASCADE` (foreign
+/// keys are off), so deleting a credential (or its user) leaves its
+/// `application_credential_role` rows, and the next credential created reuses
+/// the freed `internal_id` and fails with 409 "Duplicate entry" for everyone.
+async fn purge_orphan_app_credential_roles() {
+    let db = Bed::get()
+        .clouds_yaml
+        .with_file_name("keystone/keystone.db");
+    let script = "import sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+        c.execute('DELETE FROM application_credential_role WHERE application_credential_id \
+        NOT IN (SELECT internal_id FROM application_credential)')\n\
+        c.commit()\n";
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(db)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Keystone's revocations have a one-second granularity: a token issued in the
@@ -229,6 +272,7 @@ async fn an_application_credential_deleted_then_replaced() {
     let path = format!("/users/{user}/application_credentials/{credential}");
     let (status, body, _) = keystone(reqwest::Method::DELETE, &path, Some(&token), None).await;
     assert_eq!(status, 204, "{body}");
+    purge_orphan_app_credential_roles().await;
     next_second().await;
     let a = d.latest(&app, None).await;
     a.expect(422, "openstack_unauthorized");
@@ -247,6 +291,7 @@ async fn an_application_credential_deleted_then_replaced() {
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert_eq!(d.latest(&app, None).await.status, 200);
     admin.delete_user(&user).await;
+    purge_orphan_app_credential_roles().await;
 }
 
 /// The token revoked at Keystone while a large upload runs. Glance checks the
@@ -321,4 +366,103 @@ async fn a_token_revoked_during_an_upload() {
     assert_eq!(a.body["id"], body["id"]);
     direct.delete(body["id"].as_str().unwrap()).await;
     admin.delete_user(&user).await;
+}
+
+/// A proxy in front of the real Glance that, once it has taken the first 8 MiB of
+/// an image's data, revokes the token the upload carries (at the real Keystone)
+/// and passes the request on: the real Glance answers 401 to the upload itself.
+/// (Revoking at Keystone alone cannot do that: Glance checks the token when the
+/// request starts.)
+async fn start_revoking_proxy(admin_token: String) -> String {
+    use axum::body::{Body, Bytes};
+    use futures_util::StreamExt;
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let admin_token = admin_token.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let glance = Bed::get().glance_url.clone();
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            let path = parts.uri.path_and_query().unwrap().as_str().to_string();
+            let mut forward = http.request(parts.method.clone(), format!("{glance}{path}"));
+            for (name, value) in &parts.headers {
+                if name != "host" && name != "content-length" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let body = if parts.method == "PUT" && path.ends_with("/file") {
+                let mut stream = body.into_data_stream();
+                let mut taken = 0;
+                while let Some(Ok(chunk)) = stream.next().await {
+                    taken += chunk.len();
+                    if taken >= 8 * 1024 * 1024 {
+                        break;
+                    }
+                }
+                let token = parts.headers["x-auth-token"].to_str().unwrap().to_string();
+                let revoke = http
+                    .delete(format!("{}/auth/tokens", Bed::get().keystone_url))
+                    .header("X-Auth-Token", &admin_token)
+                    .header("X-Subject-Token", token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(revoke.status(), 204);
+                Bytes::new()
+            } else {
+                axum::body::to_bytes(body, usize::MAX).await.unwrap()
+            };
+            let answer = forward.body(body).send().await.unwrap();
+            let mut response = axum::response::Response::builder().status(answer.status().as_u16());
+            for (name, value) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+                    response = response.header(name.as_str(), value.as_bytes());
+                }
+            }
+            response
+                .body(Body::from(answer.bytes().await.unwrap()))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Glance answers 401 to the upload itself (its token revoked while the data
+/// flows, through the proxy above): the upload fails with the cause, its image
+/// is deleted (with a new token), and the next request works.
+#[tokio::test]
+async fn a_401_to_the_upload_itself_fails_it_cleanly() {
+    let admin = KeystoneAdmin::new();
+    let proxy = start_revoking_proxy(admin_token(&admin).await).await;
+    let mut entry = Bed::get().cloud_entry("charm");
+    entry["image_endpoint_override"] = proxy.into();
+    let d = spawn_daemon(&clouds_document(&[("revoked", entry)]), |_| {}).await;
+    d.wait_authenticated("revoked", Duration::from_secs(30))
+        .await;
+    let app = unique_app("put401");
+    let file = write_raw_image(&d.upload_dir, "put401.img", 64 * 1024 * 1024);
+    let a = d.upload(&app, &file, 1, json!({})).await;
+    a.expect(502, "upload_image_failed");
+    assert!(
+        a.message().contains("'revoked'")
+            && a.message().contains("401")
+            && a.message().contains("/file"),
+        "{}",
+        a.message()
+    );
+    let images = Direct::charm()
+        .images_named(&format!("jammy-{app}-x64"))
+        .await;
+    assert!(
+        images.is_empty(),
+        "the failed upload's image is left: {images:?}"
+    );
+    let s = d.cloud_status("revoked").await;
+    assert_eq!(s["unauthorized_responses"], 1, "{s}");
+    assert_eq!(s["token_requests"], 2, "{s}");
+    let a = d.latest(&app, None).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert!(a.body["id"].is_null(), "{:?}", a.body);
 }
