@@ -460,8 +460,10 @@ async fn a_401_to_the_upload_itself_fails_it_cleanly() {
         "the failed upload's image is left: {images:?}"
     );
     let s = d.cloud_status("revoked").await;
-    assert_eq!(s["unauthorized_responses"], 1, "{s}");
-    assert_eq!(s["token_requests"], 2, "{s}");
+    // A call of the daemon's own (a reaper pass) may have met the revoked token
+    // too: it shares the one re-authentication.
+    assert!(s["unauthorized_responses"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["token_requests"], 2, "one re-authentication: {s}");
     let a = d.latest(&app, None).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert!(a.body["id"].is_null(), "{:?}", a.body);
