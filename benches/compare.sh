@@ -68,3 +68,23 @@ awk -v c="$curl_s" -v d="$daemon_s" -v m="$size_mib" 'BEGIN {
   printf "%-44s%6.2f s  %6.0f MiB/s\n", "daemon (md5+sha512 in one read, verify):", d, m/d }'
 echo "== daemon memory"
 grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'
+
+echo "== many hooks at once (benches/load.rs: every answer checked; Glance calls counted at Glance)"
+load_files=()
+for i in 1 2 3 4; do
+  f=$work/images/load-$i.img
+  [[ -s $f ]] || head -c $((${BENCH_LOAD_UPLOAD_MIB:-128} * 1024 * 1024)) /dev/urandom >"$f"
+  load_files+=("$f")
+done
+export LOAD_DAEMON=http://127.0.0.1:$port LOAD_TOKEN=$token LOAD_APP=bench \
+  LOAD_EXPECT=$(cli latest --base jammy --app-name bench --arch x64) \
+  LOAD_GLANCE=$glance LOAD_GLANCE_TOKEN=$gtoken \
+  LOAD_OWNER=$(sed -n 's/.*"charm_project_id": "\([^"]*\)".*/\1/p' "$bed/ids.json") \
+  LOAD_UPLOADS="${load_files[*]}"
+glance_calls() { OSIH_BED_DIR=$bed "$repo/tests/openstack/glance-requests.sh" --svc glance "name=jammy-bench-x64"; }
+cargo build --release --bench load --manifest-path "$repo/Cargo.toml" -q 2>/dev/null || cargo build --release --bench load --manifest-path "$repo/Cargo.toml"
+for mode in direct daemon during-uploads; do
+  before=$(glance_calls)
+  cargo bench -q --bench load --manifest-path "$repo/Cargo.toml" -- "$mode"
+  echo "  Glance calls for that burst: $(($(glance_calls) - before))"
+done

@@ -127,7 +127,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Serve => runtime.block_on(serve(config)),
+        Command::Serve => runtime.block_on(crate::daemon::serve(config, cli.config.clone())),
         Command::Latest(args) => runtime.block_on(latest(&config, args)),
         Command::Upload(args) => runtime.block_on(upload(&config, args)),
         Command::Status { json } => runtime.block_on(status(&config, json)),
@@ -146,31 +146,6 @@ fn load_config(explicit: Option<&PathBuf>) -> Result<Config, String> {
             } else {
                 Ok(Config::default())
             }
-        }
-    }
-}
-
-async fn serve(config: Config) -> i32 {
-    crate::telemetry::init(config.log_format);
-    let shutdown = match crate::daemon::shutdown_signal() {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!("cannot install signal handlers: {err}");
-            return EXIT_DAEMON_ERROR;
-        }
-    };
-    let listener = match crate::daemon::Listener::bind(&config).await {
-        Ok(l) => l,
-        Err(err) => {
-            tracing::error!("{err}");
-            return EXIT_DAEMON_ERROR;
-        }
-    };
-    match crate::daemon::run(config, listener, shutdown).await {
-        Ok(()) => EXIT_OK,
-        Err(err) => {
-            tracing::error!("{err}");
-            EXIT_DAEMON_ERROR
         }
     }
 }

@@ -1,11 +1,17 @@
-//! `serve`: the start-up rules of the contract, the wiring, and graceful shutdown.
+//! `serve`: the start-up rules of the contract, the wiring, reload (`SIGHUP`) and
+//! the stop (`SIGTERM`).
 //!
 //! [`run`] takes an already bound [`Listener`] and a shutdown future, so tests pass
-//! a port-0 listener and a oneshot and drive the real server over a socket.
+//! a port-0 listener and a oneshot and drive the real server over a socket;
+//! [`serve`] is the binary's: signals, and reload from the config file.
+
+mod reload;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::clouds::{CloudsError, CloudsFile};
 use crate::config::{Config, ConfigError, Listen};
@@ -13,6 +19,7 @@ use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::runtime::{prepare_runtime, RuntimeError};
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -123,6 +130,8 @@ fn load_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), DaemonError> {
 pub(crate) struct App {
     pub(crate) state: AppState,
     pub(crate) reaper_interval: std::time::Duration,
+    /// The stop: uploads run as its tasks.
+    pub(crate) shutdown: Shutdown,
 }
 
 /// Does the start-up work of the contract and wires the services together. The
@@ -139,13 +148,16 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
         os_cloud,
         target,
     )?);
+    let shutdown = Shutdown::new();
     let images = ImageService::new(
         ImageSettings {
             template: config.image_name_template.clone(),
             stale_upload_age: config.stale_upload_age,
             upload_stall_timeout: config.upload_stall_timeout,
+            activation_timeout: config.activation_timeout,
             daemon_id: runtime.daemon_id.clone(),
             upload_dirs: runtime.upload_dirs.clone(),
+            shutdown: shutdown.clone(),
         },
         clouds.clone(),
     );
@@ -156,45 +168,171 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
             api_token: Arc::new(runtime.api_token),
         },
         reaper_interval: config.reaper_interval,
+        shutdown,
     })
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets requests
-/// under way finish (uploads included).
+/// Where a daemon's config came from, so that a reload reads it again.
+#[derive(Debug, Clone)]
+pub(crate) struct ConfigSource {
+    /// `--config`; `None`: the default path, or every default when it is missing.
+    pub(crate) explicit: Option<PathBuf>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops as the
+/// contract says (see [`crate::shutdown`]): new uploads are refused, uploads
+/// under way run on for up to `shutdown_grace`, the rest are aborted.
 pub async fn run(
     config: Config,
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    run_controlled(config, listener, shutdown, None).await
+}
+
+/// [`run`], and a reload each time `reloads` yields (`SIGHUP`).
+async fn run_controlled(
+    config: Config,
+    listener: Listener,
+    stop_signal: impl Future<Output = ()> + Send + 'static,
+    reloads: Option<(ConfigSource, mpsc::Receiver<()>)>,
+) -> Result<(), DaemonError> {
     let app = build(&config)?;
-    let reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
+    let mut reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
     let routes = router(app.state.clone());
     tracing::info!(
         listen = %listener.describe(),
         clouds = ?app.state.clouds.sessions().iter().map(|s| s.name().to_string()).collect::<Vec<_>>(),
         "serving"
     );
-    crate::systemd::notify_ready();
-    let watchdog = crate::systemd::spawn_watchdog();
-    let served = match listener {
-        Listener::Tcp(l) => {
-            axum::serve(l, routes)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Listener::Unix(l, _) => {
-            axum::serve(l, routes)
-                .with_graceful_shutdown(shutdown)
-                .await
+    let status = crate::systemd::spawn_status(app.state.clone(), app.shutdown.clone());
+    crate::systemd::notify_ready(&crate::systemd::Activity::of(&app.state, &app.shutdown).line());
+    // The server keeps serving through the stop (status, latest, and the answers
+    // of uploads under way); it closes once the uploads are done.
+    let done = tokio_util::sync::CancellationToken::new();
+    let server = serve_until(listener, routes, done.clone().cancelled_owned());
+    tokio::pin!(server);
+    let control = control(config, &app, stop_signal, reloads, &mut reaper);
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        () = control => None,
+    };
+    let served = match served {
+        Some(early) => early,
+        None => {
+            done.cancel();
+            server.await
         }
     };
-    crate::systemd::notify_stopping();
+    status.abort();
     reaper.abort();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
     tracing::info!("stopped");
     served.map_err(DaemonError::Serve)
+}
+
+async fn serve_until(
+    listener: Listener,
+    routes: axum::Router,
+    done: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match listener {
+        Listener::Tcp(l) => axum::serve(l, routes).with_graceful_shutdown(done).await,
+        Listener::Unix(l, _) => axum::serve(l, routes).with_graceful_shutdown(done).await,
+    }
+}
+
+/// Reloads on request until the stop signal, then runs the stop.
+async fn control(
+    mut config: Config,
+    app: &App,
+    stop_signal: impl Future<Output = ()>,
+    mut reloads: Option<(ConfigSource, mpsc::Receiver<()>)>,
+    reaper: &mut tokio::task::JoinHandle<()>,
+) {
+    tokio::pin!(stop_signal);
+    loop {
+        let next_reload = async {
+            match reloads.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut stop_signal => break,
+            Some(()) = next_reload => {
+                if let Some((source, _)) = &reloads {
+                    reload::reload(&mut config, source, app, reaper).await;
+                }
+            }
+        }
+    }
+    app.shutdown.begin();
+    let activity = crate::systemd::Activity::of(&app.state, &app.shutdown);
+    crate::systemd::notify_stopping(&activity.line());
+    tracing::info!(
+        uploads = activity.running + activity.queued,
+        shutdown_grace = %humantime::format_duration(config.shutdown_grace),
+        "stopping: new uploads are refused; uploads under way run on for up to shutdown_grace"
+    );
+    let report = app.shutdown.stop(config.shutdown_grace).await;
+    if report.aborted > 0 {
+        tracing::warn!(
+            aborted = report.aborted,
+            "uploads aborted at the end of shutdown_grace"
+        );
+    }
+}
+
+/// `serve`, as the binary runs it: logs, signals, the listener, the daemon.
+/// Returns the exit code.
+pub(crate) async fn serve(config: Config, explicit_config: Option<PathBuf>) -> i32 {
+    // SIGHUP's default action kills the process: take it over first.
+    let reloads = match reload_signal() {
+        Ok(rx) => rx,
+        Err(err) => {
+            eprintln!("error: cannot install the SIGHUP handler: {err}");
+            return crate::cli::EXIT_DAEMON_ERROR;
+        }
+    };
+    crate::telemetry::init(config.log_format);
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!("cannot install signal handlers: {err}");
+            return crate::cli::EXIT_DAEMON_ERROR;
+        }
+    };
+    let listener = match Listener::bind(&config).await {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::error!("{err}");
+            return crate::cli::EXIT_DAEMON_ERROR;
+        }
+    };
+    let source = ConfigSource {
+        explicit: explicit_config,
+    };
+    match run_controlled(config, listener, shutdown, Some((source, reloads))).await {
+        Ok(()) => crate::cli::EXIT_OK,
+        Err(err) => {
+            tracing::error!("{err}");
+            crate::cli::EXIT_DAEMON_ERROR
+        }
+    }
+}
+
+/// A message per `SIGHUP` (several before one is handled count as one).
+fn reload_signal() -> std::io::Result<mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config and clouds.yaml");
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }
 
 /// A future that resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The

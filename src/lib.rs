@@ -16,11 +16,14 @@
 //! - [`images`]: names (and the name template), upload requests, upload +
 //!   verification, pruning, the reaper. Knows no HTTP.
 //! - [`http`]: the API v1 router, auth, handlers and the error → status mapping.
-//! - [`daemon`]: `serve`: start-up rules, wiring, graceful shutdown.
+//! - [`daemon`]: `serve`: start-up rules, wiring, reload (`SIGHUP`), the stop (`SIGTERM`).
 //! - [`cli`]: the subcommands, and the client side of the API.
-//! - [`systemd`]: readiness and watchdog notifications.
+//! - [`systemd`]: readiness, the `STATUS=` line, the watchdog, stopping.
+//! - [`shutdown`]: the stop: no new uploads, `shutdown_grace`, aborting the rest.
+//! - [`metrics`]: the Prometheus series of `GET /metrics`.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`secret`]: the wrapper that keeps passwords and tokens out of logs.
+//! - `parser_props` (tests only): property tests of the request, config and clouds.yaml parsers.
 //! - `closed_set!`: an enum for a closed set of words, its text written once.
 
 #[macro_use]
@@ -33,8 +36,12 @@ pub mod daemon;
 pub(crate) mod http;
 pub(crate) mod images;
 pub(crate) mod jobs;
+pub(crate) mod metrics;
 pub mod openstack;
+#[cfg(test)]
+mod parser_props;
 pub(crate) mod runtime;
 pub mod secret;
+pub(crate) mod shutdown;
 pub(crate) mod systemd;
 pub(crate) mod telemetry;

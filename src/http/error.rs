@@ -128,6 +128,7 @@ impl From<ImageError> for ApiError {
             ImageError::Source(SourceError::Abandoned)
             | ImageError::Verification { .. }
             | ImageError::Stalled { .. }
+            | ImageError::NotActivated { .. }
             | ImageError::FileChanged { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "upload_image_failed", message)
             }
@@ -136,6 +137,9 @@ impl From<ImageError> for ApiError {
             ImageError::Upload(os) => Self::openstack(&os, "upload_image_failed"),
             ImageError::Internal(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+            }
+            ImageError::ShuttingDown | ImageError::Interrupted { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
         }
     }

@@ -7,6 +7,7 @@
 pub(crate) mod error;
 pub(crate) mod extract;
 mod handlers;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/images/latest", get(handlers::latest))
         .route("/v1/images", post(handlers::upload))
         .route("/v1/uploads", get(handlers::uploads))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(handlers::health))
@@ -81,17 +83,22 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// One line per request: method, path, status, duration. Never headers or bodies.
+/// Everything logged while serving it is in its span (the query names the cloud
+/// and the image family of a `latest`; an upload's own span names its cloud and image).
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let span = tracing::info_span!("request", %method, %path, %query);
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let _in = span.entered();
     let status = response.status();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if status == StatusCode::OK && path == "/v1/health" {
-        tracing::debug!(%method, %path, status = status.as_u16(), ms, "request");
+        tracing::debug!(status = status.as_u16(), ms, "request");
     } else {
-        tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
+        tracing::info!(status = status.as_u16(), ms, "request");
     }
     response
 }

@@ -4,17 +4,19 @@
 //! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
 //! into [`UploadRequest`]s and [`ImageError`]s into status codes.
 
+pub(crate) mod activation;
 pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod request;
+mod shared_calls;
 pub(crate) mod source;
 pub(crate) mod src_path;
+mod stop;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,9 +26,11 @@ use crate::openstack::glance::{Image, ImageQuery, ImageStatus, NewImage};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
+use activation::UploadClocks;
 use names::{FieldError, ImageFamily, ImageName, NameTemplate};
 use progress::{InFlight, UploadPhase, UploadProgress};
 pub(crate) use request::{UploadFields, UploadRequest};
+use shared_calls::SharedCalls;
 use source::{HashAlgo, SourceError, SourceFile};
 
 /// The property that marks images made by this daemon installation (its daemon id).
@@ -43,10 +47,15 @@ pub(crate) struct ImageSettings {
     pub(crate) stale_upload_age: Duration,
     /// `upload_stall_timeout`: no byte progress for this long aborts an upload.
     pub(crate) upload_stall_timeout: Duration,
+    /// `activation_timeout`: after the last byte, how long Glance may take to
+    /// answer the data upload and report the image active.
+    pub(crate) activation_timeout: Duration,
     /// This installation's id, the value of [`MARKER_DAEMON`].
     pub(crate) daemon_id: String,
     /// `upload_dirs`, resolved at start-up.
     pub(crate) upload_dirs: Vec<PathBuf>,
+    /// The daemon's stop: uploads run as its tasks (see `stop.rs`).
+    pub(crate) shutdown: crate::shutdown::Shutdown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +86,26 @@ pub(crate) enum ImageError {
         image_id: String,
         after: Duration,
     },
+    /// After the last byte, Glance did not finish within `activation_timeout`.
+    #[error("cloud '{cloud}': Glance did not finish image {image_id} within activation_timeout ({}) after the last byte: still waiting for {waiting_for}; the image was deleted", humantime::format_duration(*after))]
+    NotActivated {
+        cloud: String,
+        image_id: String,
+        after: Duration,
+        waiting_for: String,
+    },
     /// The file could not be read to the end as it was at the start.
     #[error("{source}; the image was deleted")]
     FileChanged { source: SourceError },
     /// The upload task ended abnormally (a bug); the image may remain for the reaper.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The daemon is stopping (`503 shutting_down`).
+    #[error("the daemon is shutting down and takes no new uploads")]
+    ShuttingDown,
+    /// The stop's `shutdown_grace` ended before the upload (`503 shutting_down`).
+    #[error("the upload was interrupted by the daemon's stop (shutdown_grace is over) {detail}")]
+    Interrupted { detail: String },
 }
 
 /// The answer to "latest": the image name always, the image when there is one.
@@ -134,6 +157,9 @@ pub(crate) struct ImageService {
     in_flight: InFlight,
     /// The `os_hash_algo` each cloud was last seen to use.
     hash_algos: Mutex<HashMap<String, HashAlgo>>,
+    /// Concurrent identical "latest" queries share Glance calls, keyed by the
+    /// session (its address: a replaced cloud is another key) and the name.
+    latest_calls: SharedCalls<(usize, ImageName), Result<Option<Image>, OpenStackError>>,
 }
 
 impl ImageService {
@@ -144,6 +170,7 @@ impl ImageService {
             locks: Mutex::new(HashMap::new()),
             in_flight: InFlight::default(),
             hash_algos: Mutex::new(HashMap::new()),
+            latest_calls: SharedCalls::new(),
         })
     }
 
@@ -159,9 +186,12 @@ impl ImageService {
     ) -> Result<LatestImage, ImageError> {
         let session = self.clouds.session(cloud)?;
         let name = family.image_name(&self.settings.template);
-        let image = session
-            .glance()
-            .latest_active(name.as_str())
+        let key = (Arc::as_ptr(&session) as usize, name.clone());
+        let image = self
+            .latest_calls
+            .run(key, || async {
+                session.glance().latest_active(name.as_str()).await
+            })
             .await
             .map_err(ImageError::Get)?;
         Ok(LatestImage {
@@ -177,10 +207,7 @@ impl ImageService {
         self: &Arc<Self>,
         request: UploadRequest,
     ) -> Result<UploadOutcome, ImageError> {
-        let service = self.clone();
-        tokio::spawn(async move { service.run_upload(request).await })
-            .await
-            .map_err(|e| ImageError::Internal(format!("upload task: {e}")))?
+        self.run_upload_task(request).await
     }
 
     fn lock_for(&self, cloud: &str, name: &ImageName) -> NameLock {
@@ -220,7 +247,10 @@ impl ImageService {
             .map_err(ImageError::from)
     }
 
-    async fn run_upload(&self, request: UploadRequest) -> Result<UploadOutcome, ImageError> {
+    pub(crate) async fn run_upload(
+        &self,
+        request: UploadRequest,
+    ) -> Result<UploadOutcome, ImageError> {
         // Where the file is, before whether it exists: path_not_allowed comes first.
         let source = self.open_source(&request.src_path).await?;
         let session = self.clouds.session(request.cloud.as_deref())?;
@@ -326,14 +356,16 @@ impl ImageService {
             source::stream_with_digests(source, algo, progress.sent_bytes.clone(), cancel.clone());
         let glance = session.glance();
         let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
-        let stall = self.settings.upload_stall_timeout;
+        let clocks = UploadClocks {
+            stall: self.settings.upload_stall_timeout,
+            activation: self.settings.activation_timeout,
+        };
+        let last_byte = OnceLock::new();
         let result = tokio::select! {
             r = upload => r.map_err(ImageError::Upload),
-            _ = watch_for_stall(&progress.sent_bytes, stall) => Err(ImageError::Stalled {
-                cloud: cloud.clone(),
-                image_id: created.id.clone(),
-                after: stall,
-            }),
+            end = activation::watch_upload(&progress.sent_bytes, size, clocks, &last_byte) => {
+                Err(end.error(&cloud, &created.id, clocks))
+            }
         };
         // A file that changed under us explains a failed upload better than the
         // connection error it caused, so the reader's verdict comes first.
@@ -354,7 +386,13 @@ impl ImageService {
         };
 
         progress.set_phase(UploadPhase::Verifying);
-        let image = self.wait_until_active(session, &created.id).await?;
+        let since = last_byte
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        let image =
+            activation::wait_until_active(session, &created.id, since + clocks.activation, clocks)
+                .await?;
         let mismatch = |detail: String| ImageError::Verification {
             cloud: cloud.clone(),
             image_id: created.id.clone(),
@@ -396,45 +434,6 @@ impl ImageService {
             }
         }
         Ok(image)
-    }
-
-    /// Polls the image until it is active (immediately with the file store; later
-    /// with stores or plugins that process the data).
-    async fn wait_until_active(&self, session: &Session, id: &str) -> Result<Image, ImageError> {
-        let deadline = tokio::time::Instant::now() + self.settings.upload_stall_timeout;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let image = match session.glance().get(id).await {
-                Ok(image) => image,
-                // Another unit's newer upload of the same name may prune this one
-                // as an old revision the moment it is active: say so.
-                Err(OpenStackError::Api { status: 404, .. }) => {
-                    return Err(ImageError::Verification {
-                        cloud: session.name().to_string(),
-                        image_id: id.to_string(),
-                        detail: "the image was deleted before it could be verified (a newer \
-                                 upload of the same name, e.g. by another unit, prunes older \
-                                 revisions)"
-                            .to_string(),
-                    })
-                }
-                Err(err) => return Err(ImageError::Upload(err)),
-            };
-            match image.status {
-                ImageStatus::Active => return Ok(image),
-                status if status.is_processing() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                other => {
-                    return Err(ImageError::Verification {
-                        cloud: session.name().to_string(),
-                        image_id: id.to_string(),
-                        detail: format!("the image is '{other}' after the upload, not 'active'"),
-                    })
-                }
-            }
-        }
     }
 
     /// Deletes old revisions of `name` by [`prune::plan_prune`]. Failures do not fail
@@ -488,6 +487,7 @@ impl ImageService {
                 }
             }
         }
+        crate::metrics::images_pruned(session.name(), pruned.len());
         (pruned, failed)
     }
 
@@ -534,6 +534,7 @@ impl ImageService {
                 }
             }
         }
+        crate::metrics::images_reaped(session.name(), reaped.len());
         Ok(reaped)
     }
 
@@ -548,50 +549,5 @@ impl ImageService {
                 tracing::info!(count = reaped.len(), "reaper deleted abandoned uploads");
             }
         }
-    }
-}
-
-/// Resolves when `sent` has not moved for `stall`.
-async fn watch_for_stall(sent: &std::sync::atomic::AtomicU64, stall: Duration) {
-    let tick = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut last = sent.load(Ordering::Relaxed);
-    let mut last_change = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(tick).await;
-        let now_sent = sent.load(Ordering::Relaxed);
-        if now_sent != last {
-            last = now_sent;
-            last_change = tokio::time::Instant::now();
-        } else if last_change.elapsed() >= stall {
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stall_is_noticed_only_after_no_progress_for_the_timeout() {
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let feeder = {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                for _ in 0..20 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        };
-        let started = tokio::time::Instant::now();
-        watch_for_stall(&sent, Duration::from_secs(5)).await;
-        // Progress every second for 20 s, then silence: stall declared at ~25 s.
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_secs(24) && waited <= Duration::from_secs(27),
-            "{waited:?}"
-        );
-        feeder.await.unwrap();
     }
 }

@@ -105,6 +105,7 @@ pub(crate) struct InFlightGuard<'a> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
+        crate::metrics::upload_ended(&self.progress.snapshot());
         if let Ok(mut uploads) = self.registry.uploads.lock() {
             uploads.remove(&self.progress.upload_id);
         }

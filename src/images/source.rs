@@ -50,6 +50,64 @@ pub(crate) struct SourceFile {
     pub(crate) file: File,
     /// The size at open time; the upload declares it and checks it.
     pub(crate) size: u64,
+    /// The file's size and times at open time: while it is read, any change
+    /// means the bytes sent may mix the old file and the new one.
+    pub(crate) stamp: FileStamp,
+    /// The disk format its first bytes say, read at open time (where blocking
+    /// reads are allowed: open runs on a blocking thread).
+    detected_format: DiskFormat,
+}
+
+/// What tells that a file was written: its size, modification and change times.
+///
+/// A write in place (size kept) moves the modification time and the change
+/// time; a tool that restores the modification time still moves the change
+/// time, which no one can set. The times have the kernel's clock-tick
+/// granularity: a write in the same tick as the previous one can go unseen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// `None` when `now` is this stamp, else what changed, in words.
+    fn change_to(&self, now: &FileStamp) -> Option<String> {
+        if now.len < self.len {
+            Some(format!(
+                "the file shrank during the upload: {} bytes, {} at the start",
+                now.len, self.len
+            ))
+        } else if now.len > self.len {
+            Some(format!(
+                "the file grew during the upload: {} bytes, {} at the start",
+                now.len, self.len
+            ))
+        } else if now != self {
+            Some(format!(
+                "the file was modified during the upload (same size, {} bytes, but its {} \
+                 moved): the bytes sent may mix its old and new contents",
+                self.len,
+                if now.modified != self.modified {
+                    "modification time"
+                } else {
+                    "change time"
+                }
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl SourceFile {
@@ -67,10 +125,13 @@ impl SourceFile {
                 reason: format!("not a regular file ({})", kind(&meta)),
             });
         }
+        let detected_format = detect_disk_format(&file);
         Ok(SourceFile {
             path: path.to_path_buf(),
             file,
             size: meta.len(),
+            stamp: FileStamp::of(&meta),
+            detected_format,
         })
     }
 
@@ -88,14 +149,20 @@ impl SourceFile {
         Self::from_open(file, path)
     }
 
-    /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`.
-    /// Glance inspects uploads against the declared format, so this must be right.
+    /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`,
+    /// as read when the file was opened (no I/O here: this runs on the async
+    /// workers). Glance inspects uploads against the declared format, so this
+    /// must be right.
     pub(crate) fn detect_disk_format(&self) -> DiskFormat {
-        let mut magic = [0u8; 4];
-        match self.file.read_at(&mut magic, 0) {
-            Ok(4) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
-            _ => DiskFormat::Raw,
-        }
+        self.detected_format
+    }
+}
+
+fn detect_disk_format(file: &File) -> DiskFormat {
+    let mut magic = [0u8; 4];
+    match file.read_at(&mut magic, 0) {
+        Ok(4) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
+        _ => DiskFormat::Raw,
     }
 }
 
@@ -227,6 +294,8 @@ fn read_and_hash(
         path,
         mut file,
         size,
+        stamp,
+        ..
     } = source;
     let read_error = |reason: String| SourceError::Read {
         path: path.clone(),
@@ -245,6 +314,14 @@ fn read_and_hash(
             )));
         }
         buf.truncate(n);
+        // Checked before the block goes out: a file changed under the reader
+        // must never make a complete body (an image of torn bytes).
+        let now = file
+            .metadata()
+            .map_err(|e| read_error(format!("stat: {e}")))?;
+        if let Some(change) = stamp.change_to(&FileStamp::of(&now)) {
+            return Err(read_error(change));
+        }
         md5.update(&buf);
         sha.update(&buf);
         total += n as u64;
@@ -392,5 +469,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("grew"));
+    }
+
+    #[tokio::test]
+    async fn a_file_overwritten_in_place_fails_the_body_before_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![1u8; READ_BLOCK * 3]).unwrap();
+        // An old modification time, so the write below moves it whatever the
+        // clock's granularity.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let source = SourceFile::open(&p).unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .write_all_at(&[2u8; 16], READ_BLOCK as u64 * 2)
+            .unwrap();
+        let (body, digests) = stream_with_digests(
+            source,
+            HashAlgo::Sha256,
+            Arc::new(AtomicU64::new(0)),
+            CancellationToken::new(),
+        );
+        let mut stream = Box::pin(body);
+        let (mut bytes, mut failed) = (0, false);
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => bytes += chunk.len(),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(failed);
+        assert!(bytes < READ_BLOCK * 3, "never a complete body: {bytes}");
+        let message = digests.await.unwrap().unwrap_err().to_string();
+        assert!(
+            message.contains("modified") && message.contains("modification time"),
+            "{message}"
+        );
     }
 }

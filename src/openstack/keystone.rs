@@ -81,6 +81,8 @@ impl TokenScope {
         };
         Err(OpenStackError::Unauthorized {
             cloud: cloud.to_string(),
+            // Keystone issued it (201 Created); the daemon refuses it.
+            status: 201,
             reason: Refusal::NotProjectScoped { scope },
         })
     }
@@ -177,8 +179,8 @@ pub(crate) async fn issue_token(
     if refuses_credentials(&cloud.auth, status) {
         return Err(OpenStackError::Unauthorized {
             cloud: cloud.name.clone(),
+            status: status.as_u16(),
             reason: Refusal::Rejected {
-                status: status.as_u16(),
                 message: error_message_from_body(&text),
             },
         });

@@ -34,23 +34,34 @@ impl std::fmt::Display for Service {
 }
 
 /// Why a cloud's credentials are refused (`openstack_unauthorized`).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum Refusal {
-    /// Keystone answered 401 to `POST /v3/auth/tokens`.
-    #[error("Keystone rejected the credentials ({status}): {message}")]
-    Rejected { status: u16, message: String },
+    /// Keystone answered 401 to `POST /v3/auth/tokens` (404 for a deleted
+    /// application credential).
+    Rejected { message: String },
     /// The token is scoped to a domain or the system, or not at all: there is no
     /// project to filter images on (another project's images could be listed,
     /// and pruned).
-    #[error(
-        "Keystone issued {scope} token, which is not project-scoped: the daemon filters \
-         every image query on the token's project, so the cloud needs project_name or \
-         project_id (or an application credential)"
-    )]
     NotProjectScoped {
         /// "a domain-scoped (domain 'Default')", "a system-scoped", "an unscoped".
         scope: String,
     },
+}
+
+impl Refusal {
+    /// The refusal in words; `status` is Keystone's answer to the token request.
+    fn describe(&self, status: u16) -> String {
+        match self {
+            Refusal::Rejected { message } => {
+                format!("Keystone rejected the credentials ({status}): {message}")
+            }
+            Refusal::NotProjectScoped { scope } => format!(
+                "Keystone issued {scope} token, which is not project-scoped: the daemon \
+                 filters every image query on the token's project, so the cloud needs \
+                 project_name or project_id (or an application credential)"
+            ),
+        }
+    }
 }
 
 /// Everything that can go wrong talking to OpenStack. Every variant names the cloud;
@@ -59,8 +70,14 @@ pub enum Refusal {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenStackError {
     /// Keystone refused the credentials, or gave a token the daemon must not use.
-    #[error("cloud '{cloud}': {reason}")]
-    Unauthorized { cloud: String, reason: Refusal },
+    #[error("cloud '{cloud}': {}", .reason.describe(*.status))]
+    Unauthorized {
+        cloud: String,
+        /// Keystone's status for the token request (201 when the token was
+        /// issued but is refused here).
+        status: u16,
+        reason: Refusal,
+    },
     /// The service could not be reached at all (refused, DNS, TLS, timeout).
     #[error("cloud '{cloud}': cannot reach {service} at {url}: {cause}")]
     Connection {

@@ -1,22 +1,46 @@
 //! The configured clouds and their sessions, replaced as a whole by `PUT /v1/clouds`.
+//!
+//! A replacement stands alone: no `secure.yaml` is merged into the document (the
+//! contract), so what is written is exactly what was sent and judged. A document
+//! equal to the one in force once parsed (the same clouds with the same settings,
+//! whatever its formatting, key order or YAML-vs-JSON) keeps the sessions in force
+//! untouched: charm hooks send the same clouds on every run, and each run must not
+//! cost a Keystone login nor a write.
+
+mod reload;
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::session::Session;
 use super::OpenStackError;
-use crate::clouds::{CloudsError, CloudsFile};
+use crate::clouds::{CloudConfig, CloudsError, CloudsFile};
+use crate::secret::random_hex;
 
-/// A set of clouds in force: the parsed file, a session per cloud, the default.
+/// A set of clouds in force: the parsed settings, a session per cloud, the default.
 #[derive(Debug)]
 pub(crate) struct CloudSet {
     /// Sessions in the file's order.
     pub(crate) sessions: Vec<Arc<Session>>,
     /// The cloud used when a request names none (`None` when there are no clouds).
     pub(crate) default: Option<String>,
+    /// The settings the sessions were built from, to tell an equal document.
+    clouds: Vec<CloudConfig>,
+}
+
+impl CloudSet {
+    /// Whether `clouds` with `default` is what this set already holds: the same
+    /// clouds by name with equal settings, in any order, and the same default.
+    fn holds(&self, clouds: &[CloudConfig], default: Option<&str>) -> bool {
+        self.clouds.len() == clouds.len()
+            && self.default.as_deref() == default
+            && clouds
+                .iter()
+                .all(|new| self.clouds.iter().any(|old| old == new))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +86,12 @@ impl CloudRegistry {
         os_cloud: Option<String>,
         target: PathBuf,
     ) -> Result<CloudRegistry, RegistryError> {
-        let set = build_set(
-            file,
-            margin,
-            configured_default.as_deref(),
-            os_cloud.as_deref(),
-        )?;
+        let (default, warning) =
+            default_of(file, configured_default.as_deref(), os_cloud.as_deref())?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        let set = build_set(file, margin, default)?;
         for session in &set.sessions {
             session.start_refresher();
         }
@@ -109,26 +133,48 @@ impl CloudRegistry {
     /// Replaces the clouds with a new clouds.yaml document (YAML or JSON): every
     /// cloud in it must authenticate; only then is the file written (atomically,
     /// 0600) and the new set put in force. On any failure the old set stays.
+    ///
+    /// A document equal to the one in force changes nothing: its sessions are
+    /// kept (their tokens and counters too) and nothing is written. It is still
+    /// answered truthfully: a cloud of it without a valid token gets one through
+    /// its own session (which shares one login among all who wait), so a
+    /// document whose credentials Keystone refuses is never a blind `200`.
     pub(crate) async fn replace(&self, document: &str) -> Result<Vec<String>, RegistryError> {
         let _one_at_a_time = self.replacing.lock().await;
-        let secure = secure_beside(&self.target);
-        let file = CloudsFile::parse(document, secure.as_deref(), Some(&self.target))?;
+        let file = CloudsFile::parse(document, None, Some(&self.target))?;
         if file.clouds.is_empty() {
             return Err(RegistryError::InvalidDocument(
                 "the document has no clouds".to_string(),
             ));
         }
-        let set = build_set(
+        let (default, warning) = default_of(
             &file,
-            self.margin,
             self.configured_default.as_deref(),
             self.os_cloud.as_deref(),
         )?;
+        let current = self.snapshot();
+        if current.holds(&file.clouds, default.as_deref()) {
+            return confirm(&current).await;
+        }
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        // Building a session reads its certificate files: off the async workers.
+        let margin = self.margin;
+        let set = blocking("building the sessions", &self.target, move || {
+            build_set(&file, margin, default)
+        })
+        .await??;
         let attempts = set.sessions.iter().map(|s| s.renew(None));
         for result in futures_util::future::join_all(attempts).await {
             result?;
         }
-        write_atomically(&self.target, document.as_bytes()).map_err(|e| RegistryError::Write {
+        let (path, data) = (self.target.clone(), document.as_bytes().to_vec());
+        blocking("writing", &self.target, move || {
+            write_atomically(&path, &data)
+        })
+        .await?
+        .map_err(|e| RegistryError::Write {
             path: self.target.clone(),
             reason: e.to_string(),
         })?;
@@ -144,57 +190,87 @@ impl CloudRegistry {
     }
 }
 
+/// The answer to a document equal to `set`: its clouds' names once each has a
+/// valid token (at once when all have one, the common case).
+async fn confirm(set: &CloudSet) -> Result<Vec<String>, RegistryError> {
+    let checks = set.sessions.iter().map(|s| s.authenticated());
+    for result in futures_util::future::join_all(checks).await {
+        result?;
+    }
+    tracing::debug!("PUT /v1/clouds: the clouds in force, unchanged");
+    Ok(set.sessions.iter().map(|s| s.name().to_string()).collect())
+}
+
+/// Runs blocking file work on tokio's blocking threads; a panic there goes on
+/// in the caller, as if the work had run inline.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    path: &Path,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegistryError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Ok(value),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(RegistryError::Write {
+            path: path.to_path_buf(),
+            reason: format!("{what}: {err}"),
+        }),
+    }
+}
+
+/// The default cloud of `file` (`None` when it has no clouds), and a warning to
+/// log when it was a guess.
+fn default_of(
+    file: &CloudsFile,
+    configured_default: Option<&str>,
+    os_cloud: Option<&str>,
+) -> Result<(Option<String>, Option<String>), RegistryError> {
+    if file.clouds.is_empty() {
+        return Ok((None, None));
+    }
+    let (name, warning) = file.default_cloud(configured_default, os_cloud)?;
+    Ok((Some(name), warning))
+}
+
 fn build_set(
     file: &CloudsFile,
     margin: Duration,
-    configured_default: Option<&str>,
-    os_cloud: Option<&str>,
+    default: Option<String>,
 ) -> Result<CloudSet, RegistryError> {
-    let default = if file.clouds.is_empty() {
-        None
-    } else {
-        let (name, warning) = file.default_cloud(configured_default, os_cloud)?;
-        if let Some(warning) = warning {
-            tracing::warn!("{warning}");
-        }
-        Some(name)
-    };
     let sessions = file
         .clouds
         .iter()
         .map(|cloud| Session::new(cloud.clone(), margin))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(CloudSet { sessions, default })
-}
-
-/// The secure.yaml beside a clouds.yaml, if any: its secrets merge over a new
-/// document just as they do over the file at start-up.
-fn secure_beside(target: &Path) -> Option<String> {
-    let dir = target.parent()?;
-    ["secure.yaml", "secure.yml"]
-        .iter()
-        .find_map(|name| std::fs::read_to_string(dir.join(name)).ok())
+    Ok(CloudSet {
+        sessions,
+        default,
+        clouds: file.clouds.clone(),
+    })
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory and a
 /// rename, so that a reader sees the old file or the new one, never half of it.
+///
+/// The temporary file gets a random name and is created with `O_EXCL|O_NOFOLLOW`
+/// and mode 0600: a file or symlink planted beside `path` (at any name) can
+/// neither redirect the write elsewhere nor lend its mode to the result. The file
+/// is fsynced before the rename and the directory after it.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "clouds.yaml".to_string());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let (tmp, mut file) = create_private(dir, &name)?;
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
         file.write_all(data)?;
         file.sync_all()?;
+        drop(file);
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -204,10 +280,38 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> 
     result
 }
 
+/// A new file `.<name>.<random>.tmp` in `dir`, 0600, that did not exist before.
+fn create_private(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.{}.tmp", random_hex(8)));
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp);
+        match opened {
+            Ok(file) => {
+                // The umask may only have taken bits away; make it exactly 0600.
+                if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(err);
+                }
+                return Ok((tmp, file));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("no free temporary name for {name} in {}", dir.display()),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn atomic_write_leaves_a_private_file_and_no_temporary() {
@@ -219,5 +323,58 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_symlink_at_the_target_not_what_it_points_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        let path = dir.path().join("clouds.yaml");
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn temporary_names_are_random_and_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = create_private(dir.path(), "clouds.yaml").unwrap();
+        let (b, _) = create_private(dir.path(), "clouds.yaml").unwrap();
+        assert_ne!(a, b);
+        for tmp in [&a, &b] {
+            let meta = std::fs::symlink_metadata(tmp).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    fn clouds(text: &str) -> Vec<CloudConfig> {
+        CloudsFile::parse(text, None, None).unwrap().clouds
+    }
+
+    #[test]
+    fn a_set_holds_the_same_clouds_in_any_order_with_the_same_default() {
+        let set = CloudSet {
+            sessions: Vec::new(),
+            default: Some("a".into()),
+            clouds: clouds(
+                "clouds:\n  a: {auth: {auth_url: 'https://k/v3', user_id: u, password: p}}\n  b: {region_name: R, auth: {auth_url: 'https://k/v3', user_id: u, password: q}}\n",
+            ),
+        };
+        let reordered = clouds(
+            r#"{"clouds": {"b": {"auth": {"password": "q", "user_id": "u", "auth_url": "https://k/v3"}, "region_name": "R"}, "a": {"auth": {"password": "p", "auth_url": "https://k/v3", "user_id": "u"}}}}"#,
+        );
+        assert!(set.holds(&reordered, Some("a")));
+        assert!(!set.holds(&reordered, Some("b")), "another default");
+        let other_password = clouds(
+            "clouds:\n  a: {auth: {auth_url: 'https://k/v3', user_id: u, password: x}}\n  b: {region_name: R, auth: {auth_url: 'https://k/v3', user_id: u, password: q}}\n",
+        );
+        assert!(!set.holds(&other_password, Some("a")));
+        let fewer =
+            clouds("clouds:\n  a: {auth: {auth_url: 'https://k/v3', user_id: u, password: p}}\n");
+        assert!(!set.holds(&fewer, Some("a")));
     }
 }

@@ -194,7 +194,11 @@ impl Session {
                 let cloud = cloud.clone();
                 Box::pin(async move {
                     clients.check_url(&cloud.name, cloud.auth.auth_url())?;
-                    keystone::issue_token(&clients.api, &cloud).await
+                    crate::metrics::observe_token_request(
+                        &cloud.name,
+                        keystone::issue_token(&clients.api, &cloud),
+                    )
+                    .await
                 })
             })
         };
@@ -224,6 +228,11 @@ impl Session {
 
     pub(crate) fn name(&self) -> &str {
         &self.cloud.name
+    }
+
+    /// The cloud's settings (a reload keeps the session when they are unchanged).
+    pub(crate) fn cloud(&self) -> &CloudConfig {
+        &self.cloud
     }
 
     fn current(&self) -> Option<Arc<Authenticated>> {
@@ -430,7 +439,9 @@ impl Session {
             } else {
                 None
             };
-            let result = client.execute(pending).await;
+            let result =
+                crate::metrics::observe_openstack(service, &operation, client.execute(pending))
+                    .await;
             let retry_reason = match (&result, &spare) {
                 (_, None) => None,
                 // A connection the server closed while it sat in the pool fails

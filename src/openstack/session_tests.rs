@@ -181,8 +181,8 @@ fn failing_session(
 fn rejected() -> OpenStackError {
     OpenStackError::Unauthorized {
         cloud: "t".into(),
+        status: 401,
         reason: super::super::Refusal::Rejected {
-            status: 401,
             message: "The request you have made requires authentication.".into(),
         },
     }

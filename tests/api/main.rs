@@ -2,13 +2,22 @@
 //! CLI binary), against the real Keystone and Glance of `tests/openstack/up.sh`.
 //! One test binary with a module per feature, so it links once.
 
+mod activation;
 mod cli;
+mod clouds_put;
 mod credentials;
 mod faults;
+mod file_changes;
 mod foundation;
 mod helpers;
 mod images;
 mod keystone_faults;
+mod latest_burst;
+mod metrics;
+mod notify;
+mod reload;
+mod served;
+mod shutdown;
 mod src_path;
 mod tls;
 mod tokens;

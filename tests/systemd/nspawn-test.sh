@@ -8,14 +8,17 @@
 #     `latest`, through the unix socket in the unit's RuntimeDirectory, with the
 #     API token read by root;
 #   - a frozen daemon (SIGSTOP) is killed by the watchdog and restarted;
-#   - `systemctl stop` ends it cleanly (exit 0).
+#   - `systemctl stop` ends it cleanly (exit 0);
+#   - `systemctl status` shows the daemon's STATUS= line;
+#   - `systemctl reload` (SIGHUP) applies a changed clouds.yaml without a restart;
+#   - `systemctl stop` during an upload leaves no unfinished image.
 #
 #   tests/systemd/nspawn-test.sh            (as root; installs its own Debian packages)
 #
 # Environment: OSIH_BINARY (default target/debug/openstack-image-helper),
 # OSIH_BED_DIR (default target/openstack-bed), OSIH_NSPAWN_SUITE (default bookworm),
-# OSIH_NSPAWN_PENDING=status,reload,stop-upload to also run the checks of daemon
-# features still being written (see "Pending checks" below).
+# OSIH_NSPAWN_PENDING=a,b to also run checks of daemon features still being
+# written (see "Pending checks" below; none today).
 #
 # The Debian tree is cached in target/systemd-nspawn/ (debootstrap, ~35 s, once);
 # every run boots it under an overlay on a tmpfs, so a run changes nothing in it.
@@ -445,12 +448,8 @@ check_stop() {
   say "ok: RuntimeDirectory removed"
 }
 
-# --- Pending checks ------------------------------------------------------------------
-# Daemon features being written now. Each runs only when named in
-# OSIH_NSPAWN_PENDING (comma-separated); move it into main's list once it lands.
-
-# status: `systemctl status` shows the daemon's STATUS= line (issue 9, point 4).
-pending_status() {
+# `systemctl status` shows the daemon's STATUS= line (issue 9, point 4).
+check_status() {
   in_ct systemctl start "$unit"
   local text
   text=$(show StatusText)
@@ -460,9 +459,9 @@ pending_status() {
   say "ok: STATUS= $text"
 }
 
-# reload: `systemctl reload` (SIGHUP) applies a changed clouds.yaml: a second cloud
+# `systemctl reload` (SIGHUP) applies a changed clouds.yaml: a second cloud
 # appears in /v1/status, without a restart (same MainPID).
-pending_reload() {
+check_reload() {
   in_ct systemctl start "$unit"
   local pid
   pid=$(show MainPID)
@@ -472,9 +471,9 @@ pending_reload() {
   expect "MainPID after reload" "$pid" "$(show MainPID)"
 }
 
-# stop-upload: `systemctl stop` during an upload leaves no unfinished image: the image
-# ends active or deleted, and the daemon exits 0.
-pending_stop_upload() {
+# `systemctl stop` during an upload leaves no unfinished image: the image ends
+# active or deleted, and the daemon exits 0.
+check_stop_upload() {
   in_ct systemctl start "$unit"
   local big=$state/images/nspawn-big.img
   in_ct sh -c "head -c 314572800 /dev/urandom >'$big' && chmod 0644 '$big'"
@@ -489,6 +488,9 @@ pending_stop_upload() {
   say "ok: no unfinished image after a stop during an upload"
 }
 
+# --- Pending checks ------------------------------------------------------------------
+# Daemon features being written now: a function pending_NAME runs only when NAME is
+# in OSIH_NSPAWN_PENDING (comma-separated); move it into main's list once it lands.
 run_pending() {
   [[ -n ${OSIH_NSPAWN_PENDING:-} ]] || return 0
   local name
@@ -519,6 +521,9 @@ main() {
   phase "upload and latest" check_upload_and_latest
   phase "watchdog" check_watchdog
   phase "stop" check_stop
+  phase "STATUS= in systemctl status" check_status
+  phase "reload" check_reload
+  phase "stop during an upload" check_stop_upload
   run_pending
   phase "power off" shutdown_container
 }

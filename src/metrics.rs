@@ -1,0 +1,453 @@
+//! The daemon's metrics, served as OpenMetrics text by `GET /metrics`.
+//!
+//! One process is one daemon, so the series live in one process-wide registry
+//! that the rest of the code feeds with one-line hooks ([`observe_openstack`],
+//! [`observe_token_request`], [`upload_ended`], [`images_pruned`],
+//! [`images_reaped`]). Gauges that describe the present (uploads in flight, jobs
+//! by state) are not counted up and down: the scrape sets them from the daemon's
+//! own view ([`Gauges`]), so they cannot drift.
+//!
+//! Every label value is bounded: cloud names (from the daemon's clouds.yaml),
+//! operation names from a fixed list ([`Operation`]), status classes, results.
+//! Never a URL, an image id, a path or anything secret.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::images::progress::{UploadPhase, UploadSnapshot};
+use crate::images::ImageService;
+use crate::jobs::JobState;
+use crate::openstack::{OpenStackError, Service};
+
+closed_set! {
+    /// An OpenStack call, named by what it does (the `operation` label).
+    pub(crate) enum Operation {
+        TokensIssue = "tokens.issue",
+        ImagesList = "images.list",
+        ImagesCreate = "images.create",
+        ImagesGet = "images.get",
+        ImagesUpdate = "images.update",
+        ImagesDelete = "images.delete",
+        ImagesUpload = "images.upload",
+        ImagesDownload = "images.download",
+        Other = "other",
+    }
+}
+
+impl Operation {
+    /// The operation of a Glance request written `METHOD /path` (the path may
+    /// carry an endpoint prefix such as `/image`): image ids are never kept.
+    pub(crate) fn of_glance(request: &str) -> Operation {
+        let (method, path) = request.split_once(' ').unwrap_or(("", request));
+        let path = path.split('?').next().unwrap_or("");
+        let Some((_, rest)) = path.split_once("/v2/images") else {
+            return Operation::Other;
+        };
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        match (method, parts.as_slice()) {
+            ("GET", []) => Operation::ImagesList,
+            ("POST", []) => Operation::ImagesCreate,
+            ("GET", [_]) => Operation::ImagesGet,
+            ("PATCH", [_]) => Operation::ImagesUpdate,
+            ("DELETE", [_]) => Operation::ImagesDelete,
+            ("PUT", [_, "file"]) => Operation::ImagesUpload,
+            ("GET", [_, "file"]) => Operation::ImagesDownload,
+            _ => Operation::Other,
+        }
+    }
+}
+
+fn service_label(service: Service) -> &'static str {
+    match service {
+        Service::Keystone => "keystone",
+        Service::Glance => "glance",
+    }
+}
+
+/// `2xx` ... `5xx` for an answer, `error` when none came (refused, timeout, cut).
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "error",
+    }
+}
+
+fn error_status_class(err: &OpenStackError) -> &'static str {
+    match err {
+        OpenStackError::Unauthorized { status, .. } | OpenStackError::Api { status, .. } => {
+            status_class(*status)
+        }
+        // The service answered 2xx, with something unreadable.
+        OpenStackError::InvalidResponse { .. } => "2xx",
+        _ => "error",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    cloud: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: &'static str,
+    operation: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    service: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloudLabels {
+    cloud: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UploadLabels {
+    cloud: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+struct Metrics {
+    registry: Registry,
+    token_requests: Family<TokenLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histograms<LatencyLabels>,
+    uploaded_bytes: Family<CloudLabels, Counter>,
+    upload_duration: Histograms<UploadLabels>,
+    uploads_in_flight: Gauge,
+    jobs: Family<StateLabels, Gauge>,
+    pruned: Family<CloudLabels, Counter>,
+    reaped: Family<CloudLabels, Counter>,
+}
+
+fn request_buckets() -> Histogram {
+    // 5 ms .. about 19 s.
+    Histogram::new(exponential_buckets(0.005, 2.5, 10))
+}
+
+fn upload_buckets() -> Histogram {
+    // 1 s .. about 1.8 h.
+    Histogram::new(exponential_buckets(1.0, 3.0, 9))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("openstack_image_helper");
+    let metrics = Metrics {
+        registry: Registry::default(),
+        token_requests: Family::default(),
+        requests: Family::default(),
+        latency: Family::new_with_constructor(request_buckets),
+        uploaded_bytes: Family::default(),
+        upload_duration: Family::new_with_constructor(upload_buckets),
+        uploads_in_flight: Gauge::default(),
+        jobs: Family::default(),
+        pruned: Family::default(),
+        reaped: Family::default(),
+    };
+    registry.register(
+        "token_requests",
+        "Keystone token requests (POST /v3/auth/tokens) by cloud and result",
+        metrics.token_requests.clone(),
+    );
+    registry.register(
+        "openstack_requests",
+        "Requests sent to OpenStack by service, operation and status class (error: no answer)",
+        metrics.requests.clone(),
+    );
+    registry.register(
+        "openstack_request_duration_seconds",
+        "Time from sending an OpenStack request to its answer (an upload's: its whole data)",
+        metrics.latency.clone(),
+    );
+    registry.register(
+        "uploaded_bytes",
+        "Image bytes sent to Glance (failed uploads included)",
+        metrics.uploaded_bytes.clone(),
+    );
+    registry.register(
+        "upload_duration_seconds",
+        "Uploads from their start (waiting for the name's lock included) to their end, by result",
+        metrics.upload_duration.clone(),
+    );
+    registry.register(
+        "uploads_in_flight",
+        "Uploads under way now (waiting ones included)",
+        metrics.uploads_in_flight.clone(),
+    );
+    registry.register("jobs", "Upload jobs by state", metrics.jobs.clone());
+    registry.register(
+        "images_pruned",
+        "Old revisions deleted after a verified upload",
+        metrics.pruned.clone(),
+    );
+    registry.register(
+        "images_reaped",
+        "Abandoned uploads of this daemon deleted by the reaper",
+        metrics.reaped.clone(),
+    );
+    registry.register(
+        "build",
+        "The daemon's version",
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    Metrics {
+        registry,
+        ..metrics
+    }
+});
+
+/// Sends an OpenStack request (`operation` is `METHOD /path` as sent) and
+/// counts it with its latency. Hook: wraps the client's `execute`.
+pub(crate) async fn observe_openstack<E>(
+    service: Service,
+    operation: &str,
+    send: impl Future<Output = Result<reqwest::Response, E>>,
+) -> Result<reqwest::Response, E> {
+    let op = match service {
+        Service::Glance => Operation::of_glance(operation),
+        Service::Keystone => Operation::TokensIssue,
+    };
+    let started = Instant::now();
+    let result = send.await;
+    let status = match &result {
+        Ok(response) => status_class(response.status().as_u16()),
+        Err(_) => "error",
+    };
+    record_request(service, op, status, started);
+    result
+}
+
+fn record_request(service: Service, op: Operation, status: &'static str, started: Instant) {
+    let m = &*METRICS;
+    let (service, operation) = (service_label(service), op.as_str());
+    m.requests
+        .get_or_create(&RequestLabels {
+            service,
+            operation,
+            status,
+        })
+        .inc();
+    m.latency
+        .get_or_create(&LatencyLabels { service, operation })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Requests a Keystone token and counts it by cloud and result (`success`,
+/// `unauthorized`: the credentials were refused, `failed`: anything else), and
+/// as an OpenStack request `tokens.issue`. Hook: wraps the token issuer.
+pub(crate) async fn observe_token_request<T>(
+    cloud: &str,
+    issue: impl Future<Output = Result<T, OpenStackError>>,
+) -> Result<T, OpenStackError> {
+    let started = Instant::now();
+    let result = issue.await;
+    let (result_label, status) = match &result {
+        Ok(_) => ("success", "2xx"),
+        Err(err @ OpenStackError::Unauthorized { .. }) => ("unauthorized", error_status_class(err)),
+        Err(err) => ("failed", error_status_class(err)),
+    };
+    METRICS
+        .token_requests
+        .get_or_create(&TokenLabels {
+            cloud: cloud.to_string(),
+            result: result_label,
+        })
+        .inc();
+    record_request(Service::Keystone, Operation::TokensIssue, status, started);
+    result
+}
+
+/// An upload ended (its progress as it was): its bytes sent, its duration,
+/// whether it was verified (only a verified upload reaches pruning). Hook: the
+/// upload's in-flight entry going away, however the upload ended.
+pub(crate) fn upload_ended(upload: &UploadSnapshot) {
+    let m = &*METRICS;
+    let cloud = upload.cloud.clone();
+    m.uploaded_bytes
+        .get_or_create(&CloudLabels {
+            cloud: cloud.clone(),
+        })
+        .inc_by(upload.sent_bytes);
+    let result = if upload.phase == UploadPhase::Pruning {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    let seconds = (chrono::Utc::now() - upload.started_at)
+        .to_std()
+        .unwrap_or_default()
+        .as_secs_f64();
+    m.upload_duration
+        .get_or_create(&UploadLabels { cloud, result })
+        .observe(seconds);
+}
+
+/// `count` old revisions were pruned in `cloud`.
+pub(crate) fn images_pruned(cloud: &str, count: usize) {
+    METRICS
+        .pruned
+        .get_or_create(&CloudLabels {
+            cloud: cloud.to_string(),
+        })
+        .inc_by(count as u64);
+}
+
+/// `count` abandoned uploads were reaped in `cloud`.
+pub(crate) fn images_reaped(cloud: &str, count: usize) {
+    METRICS
+        .reaped
+        .get_or_create(&CloudLabels {
+            cloud: cloud.to_string(),
+        })
+        .inc_by(count as u64);
+}
+
+/// The present, as the scraping daemon sees it.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    pub(crate) uploads_in_flight: usize,
+    /// Jobs by state name (every state, zeros included, so a series never vanishes).
+    pub(crate) jobs: Vec<(&'static str, usize)>,
+}
+
+impl Gauges {
+    /// The gauges of a daemon: its uploads, and its jobs by state.
+    pub(crate) fn of(images: &ImageService) -> Gauges {
+        Gauges {
+            uploads_in_flight: images.in_flight().count(),
+            jobs: jobs_by_state(images)
+                .into_iter()
+                .map(|(state, n)| (state.as_str(), n))
+                .collect(),
+        }
+    }
+}
+
+/// Jobs by state (every state, zeros included), for the metrics and the
+/// systemd status line. Until jobs are wired into the image service, the
+/// uploads under way, each in the state its job will have; once they are, this
+/// is `Jobs::counts()` (the one place to change).
+pub(crate) fn jobs_by_state(images: &ImageService) -> Vec<(JobState, usize)> {
+    let mut counts: Vec<(JobState, usize)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
+    for upload in images.in_flight().list() {
+        let state = match upload.phase {
+            UploadPhase::Waiting => JobState::Queued,
+            UploadPhase::Creating | UploadPhase::Uploading => JobState::Uploading,
+            UploadPhase::Verifying => JobState::Verifying,
+            UploadPhase::Pruning => JobState::Pruning,
+        };
+        if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
+            entry.1 += 1;
+        }
+    }
+    counts
+}
+
+/// The OpenMetrics text of every series, with the gauges set from `gauges`.
+pub(crate) fn render(gauges: &Gauges) -> String {
+    let m = &*METRICS;
+    m.uploads_in_flight.set(gauges.uploads_in_flight as i64);
+    for (state, n) in &gauges.jobs {
+        m.jobs.get_or_create(&StateLabels { state }).set(*n as i64);
+    }
+    let mut text = String::new();
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
+        tracing::error!(error = %err, "cannot encode the metrics");
+    }
+    text
+}
+
+/// The content type of [`render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glance_operations_are_named_without_ids() {
+        let cases = [
+            ("GET /v2/images", Operation::ImagesList),
+            ("POST /v2/images", Operation::ImagesCreate),
+            ("GET /image/v2/images/0b1c", Operation::ImagesGet),
+            ("DELETE /v2/images/0b1c", Operation::ImagesDelete),
+            ("PATCH /v2/images/0b1c", Operation::ImagesUpdate),
+            ("PUT /v2/images/0b1c/file", Operation::ImagesUpload),
+            ("GET /v2/images/0b1c/file", Operation::ImagesDownload),
+            ("GET /v2/schemas/image", Operation::Other),
+            ("PUT /v2/images/0b1c/tags/x", Operation::Other),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(Operation::of_glance(request), expected, "{request}");
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(201), "2xx");
+        assert_eq!(status_class(404), "4xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(0), "error");
+    }
+
+    #[test]
+    fn the_text_has_every_family_and_the_build_info() {
+        images_pruned("unit-test-cloud", 2);
+        record_request(
+            Service::Glance,
+            Operation::ImagesList,
+            "2xx",
+            Instant::now(),
+        );
+        let text = render(&Gauges {
+            uploads_in_flight: 3,
+            jobs: vec![("queued", 1)],
+        });
+        for needle in [
+            "# TYPE openstack_image_helper_openstack_request_duration_seconds histogram",
+            "openstack_image_helper_uploads_in_flight 3",
+            "openstack_image_helper_jobs{state=\"queued\"} 1",
+            "openstack_image_helper_images_pruned_total{cloud=\"unit-test-cloud\"}",
+            &format!(
+                "openstack_image_helper_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
