@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::session::{Session, Via};
-use super::{error_message_from_body, OpenStackError, Service};
+use super::{error_message_from_body, redirect_error, OpenStackError, Service};
 
 /// An image's status, as Glance reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -244,6 +244,14 @@ impl Glance<'_> {
             .send_authenticated(Service::Glance, via, build)
             .await?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(redirect_error(
+                self.cloud(),
+                Service::Glance,
+                operation,
+                &response,
+            ));
+        }
         let url = response.url().to_string();
         let body = response
             .text()
@@ -258,19 +266,18 @@ impl Glance<'_> {
     /// Images matching `query` owned by the session's project, newest first
     /// (`created_at`, then id, both descending), following pagination.
     pub(crate) async fn list(&self, query: &ImageQuery) -> Result<Vec<Image>, OpenStackError> {
-        let owner = self.session.authenticated().await?.token.project_id.clone();
+        // Only the project's own images: a public image of another project with the
+        // same name must neither be "latest" nor a candidate for pruning. A session
+        // has no token without a project (see `Session::renew`).
+        let owner = self.session.authenticated().await?.owner.clone();
         let mut params: Vec<(String, String)> = vec![
             ("sort".into(), "created_at:desc,id:desc".into()),
             (
                 "limit".into(),
                 query.limit.unwrap_or(PAGE_SIZE).min(PAGE_SIZE).to_string(),
             ),
+            ("owner".into(), owner),
         ];
-        // Only the project's own images: a public image of another project with the
-        // same name must neither be "latest" nor a candidate for pruning.
-        if let Some(owner) = owner {
-            params.push(("owner".into(), owner));
-        }
         if let Some(name) = &query.name {
             params.push(("name".into(), name.clone()));
         }

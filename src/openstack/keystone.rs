@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use super::{error_message_from_body, OpenStackError, Service};
+use super::{error_message_from_body, redirect_error, OpenStackError, Refusal, Service};
 use crate::clouds::{AppCredential, Auth, CloudConfig, DomainRef, ProjectRef, Scope, UserRef};
 use crate::secret::Secret;
 
@@ -24,8 +24,9 @@ pub struct Token {
     pub(crate) valid_until: Instant,
     /// The token's whole lifetime as Keystone issued it.
     pub(crate) lifetime: std::time::Duration,
-    /// The project the token is scoped to; images are listed by this owner.
-    pub(crate) project_id: Option<String>,
+    /// What the token is scoped to; only a project scope is used (its id is the
+    /// owner every image query filters on).
+    pub(crate) scope: TokenScope,
     /// The image service's endpoints from the catalog.
     pub(crate) catalog: Vec<CatalogService>,
 }
@@ -56,6 +57,37 @@ pub(crate) struct CatalogEndpoint {
     pub(crate) url: String,
 }
 
+/// What a token is scoped to, as Keystone's answer says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TokenScope {
+    /// A project, by id: the owner of the cloud's images.
+    Project(String),
+    /// A domain, by name (or id when the name is missing).
+    Domain(String),
+    /// The whole system.
+    System,
+    /// Nothing.
+    Unscoped,
+}
+
+impl TokenScope {
+    /// The project id, or the refusal of a token that has none.
+    pub(crate) fn project_id(&self, cloud: &str) -> Result<&str, OpenStackError> {
+        let scope = match self {
+            TokenScope::Project(id) => return Ok(id),
+            TokenScope::Domain(domain) => format!("a domain-scoped (domain '{domain}')"),
+            TokenScope::System => "a system-scoped".to_string(),
+            TokenScope::Unscoped => "an unscoped".to_string(),
+        };
+        Err(OpenStackError::Unauthorized {
+            cloud: cloud.to_string(),
+            // Keystone issued it (201 Created); the daemon refuses it.
+            status: 201,
+            reason: Refusal::NotProjectScoped { scope },
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenBody {
     token: TokenData,
@@ -66,14 +98,33 @@ struct TokenData {
     expires_at: DateTime<Utc>,
     issued_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    project: Option<IdOnly>,
+    project: Option<NamedId>,
+    #[serde(default)]
+    domain: Option<NamedId>,
+    #[serde(default)]
+    system: Option<Value>,
     #[serde(default)]
     catalog: Vec<CatalogService>,
 }
 
 #[derive(Deserialize)]
-struct IdOnly {
+struct NamedId {
     id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl TokenData {
+    fn scope(&self) -> TokenScope {
+        match (&self.project, &self.domain, &self.system) {
+            (Some(project), _, _) => TokenScope::Project(project.id.clone()),
+            (None, Some(domain), _) => {
+                TokenScope::Domain(domain.name.clone().unwrap_or_else(|| domain.id.clone()))
+            }
+            (None, None, Some(_)) => TokenScope::System,
+            (None, None, None) => TokenScope::Unscoped,
+        }
+    }
 }
 
 /// `<auth_url>/auth/tokens`, whether `auth_url` ends in `/v3` or not (both are common
@@ -109,6 +160,14 @@ pub(crate) async fn issue_token(
             OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e)
         })?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(redirect_error(
+            &cloud.name,
+            Service::Keystone,
+            "POST /v3/auth/tokens",
+            &response,
+        ));
+    }
     let subject = response
         .headers()
         .get("x-subject-token")
@@ -117,11 +176,13 @@ pub(crate) async fn issue_token(
     let text = response.text().await.map_err(|e| {
         OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e)
     })?;
-    if status == reqwest::StatusCode::UNAUTHORIZED {
+    if refuses_credentials(&cloud.auth, status) {
         return Err(OpenStackError::Unauthorized {
             cloud: cloud.name.clone(),
             status: status.as_u16(),
-            message: error_message_from_body(&text),
+            reason: Refusal::Rejected {
+                message: error_message_from_body(&text),
+            },
         });
     }
     if !status.is_success() {
@@ -146,12 +207,13 @@ pub(crate) async fn issue_token(
     let lifetime = (parsed.token.expires_at - issued_at)
         .to_std()
         .map_err(|_| invalid("token expires before it was issued".to_string()))?;
+    let scope = parsed.token.scope();
     Ok(Token {
         value: Secret::new(value),
         expires_at: parsed.token.expires_at,
         valid_until: sent_at + lifetime,
         lifetime,
-        project_id: parsed.token.project.map(|p| p.id),
+        scope,
         catalog: parsed
             .token
             .catalog
@@ -159,6 +221,15 @@ pub(crate) async fn issue_token(
             .filter(|s| s.service_type == "image")
             .collect(),
     })
+}
+
+/// Whether Keystone's answer to the token request says the credentials are bad:
+/// a 401, or for an application credential a 404 (Keystone's answer when it was
+/// deleted: "Could not find Application Credential").
+fn refuses_credentials(auth: &Auth, status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::UNAUTHORIZED
+        || (status == reqwest::StatusCode::NOT_FOUND
+            && matches!(auth, Auth::ApplicationCredential { .. }))
 }
 
 /// The image endpoint for this cloud: the override, else the catalog's `image`
@@ -292,6 +363,34 @@ mod tests {
             u("https://k/identity/v3/"),
             "https://k/identity/v3/auth/tokens"
         );
+    }
+
+    fn scope_of(token: &str) -> TokenScope {
+        let body: TokenBody = serde_json::from_str(token).unwrap();
+        body.token.scope()
+    }
+
+    #[test]
+    fn only_a_project_scoped_token_gives_an_owner() {
+        let at = r#""expires_at": "2030-01-01T00:00:00Z""#;
+        let project =
+            format!(r#"{{"token": {{{at}, "project": {{"id": "p1", "name": "charm-project"}}}}}}"#);
+        assert_eq!(scope_of(&project).project_id("c").unwrap(), "p1");
+        let domain =
+            format!(r#"{{"token": {{{at}, "domain": {{"id": "default", "name": "Default"}}}}}}"#);
+        let system = format!(r#"{{"token": {{{at}, "system": {{"all": true}}}}}}"#);
+        let unscoped = format!(r#"{{"token": {{{at}}}}}"#);
+        for (body, says) in [
+            (domain, "domain-scoped (domain 'Default')"),
+            (system, "system-scoped"),
+            (unscoped, "unscoped"),
+        ] {
+            let err = scope_of(&body).project_id("c").unwrap_err();
+            assert!(matches!(err, OpenStackError::Unauthorized { .. }));
+            let text = err.to_string();
+            assert!(text.contains("cloud 'c'") && text.contains(says), "{text}");
+            assert!(text.contains("not project-scoped"), "{text}");
+        }
     }
 
     #[test]

@@ -33,16 +33,50 @@ impl std::fmt::Display for Service {
     }
 }
 
+/// Why a cloud's credentials are refused (`openstack_unauthorized`).
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// Keystone answered 401 to `POST /v3/auth/tokens` (404 for a deleted
+    /// application credential).
+    Rejected { message: String },
+    /// The token is scoped to a domain or the system, or not at all: there is no
+    /// project to filter images on (another project's images could be listed,
+    /// and pruned).
+    NotProjectScoped {
+        /// "a domain-scoped (domain 'Default')", "a system-scoped", "an unscoped".
+        scope: String,
+    },
+}
+
+impl Refusal {
+    /// The refusal in words; `status` is Keystone's answer to the token request.
+    fn describe(&self, status: u16) -> String {
+        match self {
+            Refusal::Rejected { message } => {
+                format!("Keystone rejected the credentials ({status}): {message}")
+            }
+            Refusal::NotProjectScoped { scope } => format!(
+                "Keystone issued {scope} token, which is not project-scoped: the daemon \
+                 filters every image query on the token's project, so the cloud needs \
+                 project_name or project_id (or an application credential)"
+            ),
+        }
+    }
+}
+
 /// Everything that can go wrong talking to OpenStack. Every variant names the cloud;
 /// none carries a secret (URLs never hold one, bodies are OpenStack's own messages).
+/// Clone: a failed login is answered again, as it was, during its backoff.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenStackError {
-    /// Keystone refused the credentials (401 on `POST /v3/auth/tokens`).
-    #[error("cloud '{cloud}': Keystone rejected the credentials ({status}): {message}")]
+    /// Keystone refused the credentials, or gave a token the daemon must not use.
+    #[error("cloud '{cloud}': {}", .reason.describe(*.status))]
     Unauthorized {
         cloud: String,
+        /// Keystone's status for the token request (201 when the token was
+        /// issued but is refused here).
         status: u16,
-        message: String,
+        reason: Refusal,
     },
     /// The service could not be reached at all (refused, DNS, TLS, timeout).
     #[error("cloud '{cloud}': cannot reach {service} at {url}: {cause}")]
@@ -101,6 +135,41 @@ impl OpenStackError {
             url: url.to_string(),
             cause: error_chain(err),
         }
+    }
+}
+
+/// A 3xx answer as an error: redirects are never followed (they would carry the
+/// token or the password to wherever they point). Names the `Location`, without
+/// any user or password it may hold.
+pub(crate) fn redirect_error(
+    cloud: &str,
+    service: Service,
+    operation: &str,
+    response: &reqwest::Response,
+) -> OpenStackError {
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| match response.url().join(l) {
+            Ok(mut url) => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            Err(_) => l.to_string(),
+        });
+    OpenStackError::Api {
+        cloud: cloud.to_string(),
+        service,
+        operation: operation.to_string(),
+        status: response.status().as_u16(),
+        message: match location {
+            Some(location) => format!(
+                "a redirect to {location}, not followed (it would carry the credentials there)"
+            ),
+            None => "a redirect without a Location, not followed".to_string(),
+        },
     }
 }
 
@@ -194,26 +263,82 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two HTTP clients of a cloud: one for API calls with a total timeout, one for
 /// uploads with none (reqwest#2784: a read timeout aborted an upload that was still
-/// progressing), whose stall is watched by the upload itself.
+/// progressing), whose stall is watched by the upload itself. Neither follows
+/// redirects (see [`redirect_error`]).
 #[derive(Clone, Debug)]
 pub(crate) struct HttpClients {
     /// For API calls: bounded by [`API_CALL_TIMEOUT`].
     pub(crate) api: reqwest::Client,
     /// For image data: no total timeout; the caller enforces a stall timeout.
     pub(crate) upload: reqwest::Client,
+    /// Set when the cloud would verify servers with the system's CA certificates
+    /// and none could be loaded (no `ca-certificates` under a hardened unit): the
+    /// clients then trust nothing, plain http:// still works, and an https:// URL
+    /// is refused with this cause.
+    no_system_roots: Option<String>,
 }
 
 impl HttpClients {
     pub(crate) fn for_cloud(cloud: &CloudConfig) -> Result<Self, OpenStackError> {
-        let api = builder(&cloud.name, &cloud.tls)?
+        match Self::build(cloud, Roots::System) {
+            Ok(clients) => Ok(clients),
+            // The same settings without the system's roots work: what failed is
+            // loading those roots. Only an https:// connection needs them.
+            Err(err) if cloud.tls.cacert.is_none() && cloud.tls.verify => {
+                let cause = match &err {
+                    OpenStackError::Tls { detail, .. } => detail.clone(),
+                    other => other.to_string(),
+                };
+                let mut clients = Self::build(cloud, Roots::None).map_err(|_| err)?;
+                tracing::warn!(
+                    cloud = %cloud.name, %cause,
+                    "no CA certificates were found on this system: only http:// URLs will work for this cloud"
+                );
+                clients.no_system_roots = Some(cause);
+                Ok(clients)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn build(cloud: &CloudConfig, roots: Roots) -> Result<Self, OpenStackError> {
+        let api = builder(&cloud.name, &cloud.tls, roots)?
             .timeout(API_CALL_TIMEOUT)
             .build()
             .map_err(|e| tls_error(&cloud.name, &e))?;
-        let upload = builder(&cloud.name, &cloud.tls)?
+        let upload = builder(&cloud.name, &cloud.tls, roots)?
             .build()
             .map_err(|e| tls_error(&cloud.name, &e))?;
-        Ok(HttpClients { api, upload })
+        Ok(HttpClients {
+            api,
+            upload,
+            no_system_roots: None,
+        })
     }
+
+    /// Refuses an https:// URL when there are no CA certificates to verify it with.
+    pub(crate) fn check_url(&self, cloud: &str, url: &url::Url) -> Result<(), OpenStackError> {
+        match &self.no_system_roots {
+            Some(cause) if url.scheme() == "https" => Err(OpenStackError::Tls {
+                cloud: cloud.to_string(),
+                detail: format!(
+                    "cannot verify {url}: no CA certificates were found on this system \
+                     ({cause}); install ca-certificates, point SSL_CERT_FILE at a bundle, \
+                     or set `cacert` for this cloud"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which CA certificates verify servers when the cloud gives no `cacert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Roots {
+    /// The system's (rustls-platform-verifier; honours SSL_CERT_FILE/SSL_CERT_DIR).
+    System,
+    /// None: every https:// server is refused (there are none to be found).
+    None,
 }
 
 fn tls_error(cloud: &str, err: &reqwest::Error) -> OpenStackError {
@@ -223,7 +348,11 @@ fn tls_error(cloud: &str, err: &reqwest::Error) -> OpenStackError {
     }
 }
 
-fn builder(cloud: &str, tls: &TlsSettings) -> Result<reqwest::ClientBuilder, OpenStackError> {
+fn builder(
+    cloud: &str,
+    tls: &TlsSettings,
+    roots: Roots,
+) -> Result<reqwest::ClientBuilder, OpenStackError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| OpenStackError::Tls {
             cloud: cloud.to_string(),
@@ -236,12 +365,15 @@ fn builder(cloud: &str, tls: &TlsSettings) -> Result<reqwest::ClientBuilder, Ope
             env!("CARGO_PKG_VERSION")
         ))
         .connect_timeout(CONNECT_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(50));
+        .pool_idle_timeout(Duration::from_secs(50))
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(cacert) = &tls.cacert {
         let certs = reqwest::Certificate::from_pem_bundle(&read(cacert)?)
             .map_err(|e| tls_error(cloud, &e))?;
         // openstacksdk (requests' `verify=<bundle>`) trusts only the given bundle.
         builder = builder.tls_certs_only(certs);
+    } else if roots == Roots::None {
+        builder = builder.tls_certs_only(Vec::new());
     }
     if !tls.verify {
         builder = builder.danger_accept_invalid_certs(true);

@@ -10,6 +10,12 @@
 //!   lifetime, so that there is one token request per lifetime, not a storm;
 //! - when that fails, again with exponential backoff and jitter, while the current
 //!   token stays in use until it expires;
+//! - one login at a time, and the backoff is the cloud's, not the loop's: a
+//!   request that needs a token during it gets the failed login's error at once
+//!   (a wrong password must not cost Keystone one attempt per hook call: accounts
+//!   get locked), and requests that arrive during a login share it;
+//! - a token without a project is refused like bad credentials: the project id
+//!   is the owner every image query filters on;
 //! - a service's 401 (a revoked token) triggers one re-authentication shared by
 //!   every request that saw it (single flight), and the request is retried once.
 //!
@@ -18,6 +24,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -33,12 +40,15 @@ use crate::clouds::CloudConfig;
 
 /// A token this close to expiry is not sent: it could expire on the way.
 pub(crate) const EXPIRY_SAFETY: Duration = Duration::from_secs(5);
-/// Backoff after failed authentications starts here...
+/// Backoff after a failed login (Keystone unreachable, 5xx) starts here...
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// ...and doubles up to this, so a Keystone that comes back is noticed quickly.
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// Rejected credentials are retried more slowly: Keystone may lock the account.
-const BACKOFF_CAP_UNAUTHORIZED: Duration = Duration::from_secs(300);
+/// Refused credentials are retried much more slowly (Keystone may lock the
+/// account, and only an operator fixes them): from this...
+const BACKOFF_BASE_REFUSED: Duration = Duration::from_secs(10);
+/// ...up to this.
+const BACKOFF_CAP_REFUSED: Duration = Duration::from_secs(300);
 
 /// When to refresh a token of `lifetime`, counted from when it was requested.
 pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
@@ -53,8 +63,8 @@ pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
 
 /// The wait before retry number `failures` (1-based), with "equal jitter": half
 /// fixed, half random, so that many daemons do not retry in step.
-pub(crate) fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+pub(crate) fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let full = exp.min(cap);
     full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
@@ -79,13 +89,18 @@ pub struct Authenticated {
     pub token: Token,
     /// Glance's base URL, without the `/v2` suffix.
     pub image_endpoint: Url,
+    /// The token's project id: the owner every image query filters on.
+    pub(crate) owner: String,
     /// Counts re-authentications, so that concurrent 401s share one (single flight).
     pub generation: u64,
+    /// A service answered 401 to this token (revoked): it is not sent again, even
+    /// when no new one can be had.
+    refused: AtomicBool,
 }
 
 impl Authenticated {
     fn usable_at(&self, now: Instant) -> bool {
-        now + EXPIRY_SAFETY < self.token.valid_until
+        !self.refused.load(Ordering::Relaxed) && now + EXPIRY_SAFETY < self.token.valid_until
     }
 }
 
@@ -98,6 +113,17 @@ struct Stats {
     unauthorized_responses: u64,
     /// The last authentication error, cleared by the next success.
     last_error: Option<String>,
+}
+
+/// The cloud's login backoff, shared by the refresh loop and every request.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Failed logins in a row.
+    failures: u32,
+    /// No login before this; requests meanwhile get `last` at once.
+    until: Option<Instant>,
+    /// The last login's error.
+    last: Option<OpenStackError>,
 }
 
 /// The daemon's view of a cloud, as `/v1/status` shows it. Holds no secret.
@@ -130,6 +156,8 @@ pub struct Session {
     renewing: tokio::sync::Mutex<()>,
     /// Counters and last error.
     stats: Mutex<Stats>,
+    /// Failed logins and when the next may be made.
+    backoff: Mutex<Backoff>,
     /// Wakes the refresh loop when a token was replaced outside it.
     wake: Arc<Notify>,
     /// The refresh loop, aborted when the session is dropped (clouds replaced).
@@ -159,15 +187,16 @@ impl Session {
     pub fn new(cloud: CloudConfig, margin: Duration) -> Result<Arc<Session>, OpenStackError> {
         let clients = HttpClients::for_cloud(&cloud)?;
         let issuer: TokenIssuer = {
-            let client = clients.api.clone();
+            let clients = clients.clone();
             let cloud = cloud.clone();
             Arc::new(move || {
-                let client = client.clone();
+                let clients = clients.clone();
                 let cloud = cloud.clone();
                 Box::pin(async move {
+                    clients.check_url(&cloud.name, cloud.auth.auth_url())?;
                     crate::metrics::observe_token_request(
                         &cloud.name,
-                        keystone::issue_token(&client, &cloud),
+                        keystone::issue_token(&clients.api, &cloud),
                     )
                     .await
                 })
@@ -191,6 +220,7 @@ impl Session {
             current: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
             stats: Mutex::new(Stats::default()),
+            backoff: Mutex::new(Backoff::default()),
             wake: Arc::new(Notify::new()),
             refresher: Mutex::new(None),
         })
@@ -216,14 +246,55 @@ impl Session {
         }
     }
 
+    fn with_backoff<R>(&self, f: impl FnOnce(&mut Backoff) -> R) -> R {
+        match self.backoff.lock() {
+            Ok(mut backoff) => f(&mut backoff),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// The failed login's error while its backoff runs.
+    fn backing_off(&self, now: Instant) -> Option<OpenStackError> {
+        self.with_backoff(|b| match b.until {
+            Some(until) if now < until => b.last.clone(),
+            _ => None,
+        })
+    }
+
+    /// When the backoff ends, if one runs.
+    fn backoff_until(&self) -> Option<Instant> {
+        self.with_backoff(|b| b.until)
+    }
+
+    /// Records a failed login and starts (or lengthens) the backoff.
+    fn login_failed(&self, err: &OpenStackError) {
+        let (base, cap) = match err {
+            OpenStackError::Unauthorized { .. } => (BACKOFF_BASE_REFUSED, BACKOFF_CAP_REFUSED),
+            _ => (BACKOFF_BASE, BACKOFF_CAP),
+        };
+        let wait = self.with_backoff(|b| {
+            b.failures = b.failures.saturating_add(1);
+            let wait = backoff(b.failures, base, cap, rand::random::<f64>());
+            b.until = Some(Instant::now() + wait);
+            b.last = Some(err.clone());
+            wait
+        });
+        tracing::warn!(
+            cloud = %self.cloud.name, error = %err, retry_in_ms = wait.as_millis() as u64,
+            "authentication failed"
+        );
+        self.with_stats(|s| s.last_error = Some(err.to_string()));
+    }
+
     /// The current token if it is still good to send.
     pub(crate) fn valid(&self) -> Option<Arc<Authenticated>> {
         self.current().filter(|a| a.usable_at(Instant::now()))
     }
 
     /// Requests a new token unless someone already replaced the one the caller saw
-    /// (`seen`: the generation it saw, `None` if it saw none). Single flight: callers
-    /// that arrive while a request is under way wait for it and share its result.
+    /// (`seen`: the generation it saw, `None` if it saw none). One login at a time:
+    /// callers that arrive while one is under way wait for it and share its result,
+    /// and during the backoff after a failed one they get its error at once.
     pub(crate) async fn renew(
         &self,
         seen: Option<u64>,
@@ -234,13 +305,17 @@ impl Session {
                 return Ok(current);
             }
         }
+        if let Some(err) = self.backing_off(Instant::now()) {
+            return Err(err);
+        }
         self.with_stats(|s| s.token_requests += 1);
         let result = (self.issuer)().await.and_then(|token| {
+            let owner = token.scope.project_id(&self.cloud.name)?.to_string();
             let image_endpoint = keystone::image_endpoint(&self.cloud, &token)?;
-            Ok((token, image_endpoint))
+            Ok((token, image_endpoint, owner))
         });
         match result {
-            Ok((token, image_endpoint)) => {
+            Ok((token, image_endpoint, owner)) => {
                 let generation = self.current().map(|c| c.generation + 1).unwrap_or(1);
                 tracing::info!(
                     cloud = %self.cloud.name,
@@ -251,18 +326,21 @@ impl Session {
                 let fresh = Arc::new(Authenticated {
                     token,
                     image_endpoint,
+                    owner,
                     generation,
+                    refused: AtomicBool::new(false),
                 });
                 if let Ok(mut current) = self.current.write() {
                     *current = Some(fresh.clone());
                 }
+                self.with_backoff(|b| *b = Backoff::default());
                 self.with_stats(|s| s.last_error = None);
                 self.wake.notify_waiters();
                 Ok(fresh)
             }
             Err(err) => {
-                tracing::warn!(cloud = %self.cloud.name, error = %err, "authentication failed");
-                self.with_stats(|s| s.last_error = Some(err.to_string()));
+                self.login_failed(&err);
+                self.wake.notify_waiters();
                 Err(err)
             }
         }
@@ -276,13 +354,19 @@ impl Session {
             return Ok(valid);
         }
         let seen = self.current().map(|c| c.generation);
-        self.renew(seen).await.map_err(|err| match err {
-            OpenStackError::Unauthorized { .. } => err,
+        self.renew(seen).await.map_err(|err| self.not_ready(err))
+    }
+
+    /// A failed login as a request sees it: refused credentials stay
+    /// `Unauthorized`, anything else means there is no session yet.
+    fn not_ready(&self, err: OpenStackError) -> OpenStackError {
+        match err {
+            OpenStackError::Unauthorized { .. } | OpenStackError::NotReady { .. } => err,
             other => OpenStackError::NotReady {
                 cloud: self.cloud.name.clone(),
                 reason: other.to_string(),
             },
-        })
+        }
     }
 
     /// Sends the request `build` makes (from the client `via` names and the image
@@ -312,7 +396,11 @@ impl Session {
         }
         self.with_stats(|s| s.unauthorized_responses += 1);
         tracing::info!(cloud = %self.cloud.name, "{service} answered 401: re-authenticating");
-        let auth = self.renew(Some(auth.generation)).await?;
+        auth.refused.store(true, Ordering::Relaxed);
+        let auth = self
+            .renew(Some(auth.generation))
+            .await
+            .map_err(|err| self.not_ready(err))?;
         match again {
             Some(request) => self.execute(service, via, request, &auth).await,
             None => Ok(response),
@@ -335,6 +423,7 @@ impl Session {
         auth: &Authenticated,
     ) -> Result<reqwest::Response, OpenStackError> {
         let client = self.client(via);
+        self.clients.check_url(&self.cloud.name, request.url())?;
         request
             .headers_mut()
             .insert("X-Auth-Token", token_header(auth)?);
@@ -463,218 +552,38 @@ fn token_header(auth: &Authenticated) -> Result<HeaderValue, OpenStackError> {
 }
 
 async fn refresh_loop(weak: Weak<Session>, wake: Arc<Notify>) {
-    let mut failures: u32 = 0;
-    let mut cap = BACKOFF_CAP;
     loop {
+        // Listening before reading the state: a wake-up in between is not lost.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let at = {
             let Some(session) = weak.upgrade() else {
                 return;
             };
             let now = Instant::now();
-            match session.current() {
-                _ if failures > 0 => now + backoff(failures, cap, rand::random::<f64>()),
-                Some(current) if current.usable_at(now) => {
+            match (session.backoff_until(), session.current()) {
+                (Some(until), _) => until,
+                (None, Some(current)) if current.usable_at(now) => {
                     let requested_at = current.token.valid_until - current.token.lifetime;
                     requested_at + refresh_delay(current.token.lifetime, session.margin)
                 }
                 _ => now,
             }
         };
-        let woken = wake.notified();
         tokio::select! {
             _ = tokio::time::sleep_until(at) => {}
-            _ = woken => { failures = 0; continue; }
+            _ = woken => continue,
         }
         let Some(session) = weak.upgrade() else {
             return;
         };
         let seen = session.current().map(|c| c.generation);
-        match session.renew(seen).await {
-            Ok(_) => {
-                failures = 0;
-                cap = BACKOFF_CAP;
-            }
-            Err(err) => {
-                failures = failures.saturating_add(1);
-                cap = if matches!(err, OpenStackError::Unauthorized { .. }) {
-                    BACKOFF_CAP_UNAUTHORIZED
-                } else {
-                    BACKOFF_CAP
-                };
-            }
-        }
+        // A failure is recorded in the session's backoff, which the next turn reads.
+        let _ = session.renew(seen).await;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[test]
-    fn refresh_uses_the_margin_when_it_fits() {
-        let hour = Duration::from_secs(3600);
-        assert_eq!(
-            refresh_delay(hour, Duration::from_secs(600)),
-            Duration::from_secs(3000)
-        );
-    }
-
-    #[test]
-    fn refresh_is_never_later_than_ninety_percent_of_the_lifetime() {
-        let hour = Duration::from_secs(3600);
-        assert_eq!(
-            refresh_delay(hour, Duration::from_secs(10)),
-            Duration::from_secs(3240)
-        );
-    }
-
-    #[test]
-    fn short_tokens_refresh_once_per_lifetime_not_in_a_storm() {
-        // A 10 min margin on a 60 s token would refresh constantly; 10 % is used.
-        let minute = Duration::from_secs(60);
-        assert_eq!(
-            refresh_delay(minute, Duration::from_secs(600)),
-            Duration::from_secs(54)
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_jitter_within_half() {
-        let cap = Duration::from_secs(30);
-        assert_eq!(backoff(1, cap, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff(1, cap, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, cap, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(20, cap, 1.0), cap);
-        assert_eq!(backoff(20, cap, 0.0), cap / 2);
-    }
-
-    fn test_cloud() -> CloudConfig {
-        let yaml = r#"
-clouds:
-  t:
-    auth:
-      auth_url: http://127.0.0.1:1/v3
-      username: u
-      password: p
-      project_name: p
-      user_domain_name: Default
-      project_domain_name: Default
-    image_endpoint_override: http://127.0.0.1:2
-"#;
-        crate::clouds::CloudsFile::parse(yaml, None, None)
-            .unwrap()
-            .clouds
-            .remove(0)
-    }
-
-    fn token(lifetime: Duration) -> Token {
-        Token {
-            value: crate::secret::Secret::new("tok"),
-            expires_at: Utc::now() + chrono::Duration::from_std(lifetime).unwrap(),
-            valid_until: Instant::now() + lifetime,
-            lifetime,
-            project_id: Some("p".into()),
-            catalog: vec![],
-        }
-    }
-
-    /// A session whose tokens live `lifetime`; the first `fail_first` requests fail.
-    fn counting_session(
-        lifetime: Duration,
-        margin: Duration,
-        fail_after: u32,
-        fail_count: u32,
-    ) -> (Arc<Session>, Arc<AtomicU32>) {
-        let calls = Arc::new(AtomicU32::new(0));
-        let counter = calls.clone();
-        let issuer: TokenIssuer = Arc::new(move || {
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move {
-                if n >= fail_after && n < fail_after + fail_count {
-                    Err(OpenStackError::Connection {
-                        cloud: "t".into(),
-                        service: Service::Keystone,
-                        url: "http://k".into(),
-                        cause: "refused".into(),
-                    })
-                } else {
-                    Ok(token(lifetime))
-                }
-            })
-        });
-        let cloud = test_cloud();
-        let clients = HttpClients::for_cloud(&cloud).unwrap();
-        (Session::with_issuer(cloud, clients, margin, issuer), calls)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_token_per_lifetime_over_three_lifetimes() {
-        let life = Duration::from_secs(60);
-        let (session, calls) = counting_session(life, Duration::from_secs(600), u32::MAX, 0);
-        session.start_refresher();
-        // Sample like a busy hook would: the session must always have a valid token.
-        for _ in 0..180 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            assert!(session.valid().is_some(), "no valid token at some point");
-        }
-        // Requests at 0, 54, 108, 162 s: one per 0.9 lifetime.
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_refresh_retries_with_backoff_while_the_old_token_serves() {
-        let life = Duration::from_secs(100);
-        // The first refresh (call #1, at 90 s) and the next two retries fail.
-        let (session, calls) = counting_session(life, Duration::from_secs(10), 1, 3);
-        session.start_refresher();
-        tokio::time::sleep(Duration::from_millis(90_200)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "first refresh at 90 s");
-        let first_generation = session.valid().expect("old token still in use").generation;
-        assert_eq!(first_generation, 1);
-        assert!(session.status().last_error.is_some());
-        // Retries after at most 1 s, 2 s and 4 s (jittered down to half): by 97 s.
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 5);
-        let now = session.valid().expect("a new token");
-        assert_eq!(now.generation, 2);
-        assert!(session.status().last_error.is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_renewals_of_the_same_token_share_one_request() {
-        let (session, calls) = counting_session(
-            Duration::from_secs(3600),
-            Duration::from_secs(600),
-            u32::MAX,
-            0,
-        );
-        let first = session.authenticated().await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let s = session.clone();
-            let seen = first.generation;
-            tasks.push(tokio::spawn(async move {
-                s.renew(Some(seen)).await.unwrap().generation
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), 2);
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn keystone_down_at_start_recovers_without_a_restart() {
-        let life = Duration::from_secs(3600);
-        let (session, calls) = counting_session(life, Duration::from_secs(600), 0, 4);
-        session.start_refresher();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!session.status().authenticated);
-        assert!(session.status().last_error.unwrap().contains("refused"));
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(session.status().authenticated);
-        assert_eq!(calls.load(Ordering::SeqCst), 5);
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

@@ -5,12 +5,14 @@
 mod activation;
 mod cli;
 mod clouds_put;
+mod credentials;
 mod faults;
 mod file_changes;
 mod foundation;
 mod helpers;
 mod images;
 mod jobs;
+mod keystone_faults;
 mod latest_burst;
 mod metrics;
 mod notify;
