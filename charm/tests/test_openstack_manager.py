@@ -267,6 +267,14 @@ def test_a_relative_src_path_is_the_hooks(
     assert src.exists()
 
 
+# The daemon does not take "clouds" or "skip_unchanged" yet (issue #10, fan-out):
+# strict, so that the run fails the day it does and the marker must go.
+_NEEDS_FAN_OUT = pytest.mark.xfail(
+    strict=True, reason="the daemon lacks 'clouds' and 'skip_unchanged' (issue #10)"
+)
+
+
+@_NEEDS_FAN_OUT
 def test_skip_unchanged_returns_the_image_already_there(
     bed: Bed, daemon: Daemon, app_name: str
 ) -> None:
@@ -281,6 +289,7 @@ def test_skip_unchanged_returns_the_image_already_there(
     assert manager.get_latest_image_id("jammy", app_name, "x64") == second
 
 
+@_NEEDS_FAN_OUT
 def test_upload_to_several_clouds(bed: Bed, daemon: Daemon, app_name: str) -> None:
     manager = OpenstackManager(None, **daemon.kwargs())
     src = daemon.image_file(2 * MIB)
@@ -292,6 +301,7 @@ def test_upload_to_several_clouds(bed: Bed, daemon: Daemon, app_name: str) -> No
         assert (image["id"], image["checksum"]) == (image_id, md5(src))
 
 
+@_NEEDS_FAN_OUT
 def test_upload_to_an_unknown_cloud_among_several(daemon: Daemon, app_name: str) -> None:
     manager = OpenstackManager(None, **daemon.kwargs())
     src = daemon.image_file(MIB)
