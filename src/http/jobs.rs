@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use tracing::Instrument;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
@@ -92,7 +93,15 @@ pub(crate) async fn upload(
         .await?;
     let created = submitted.task.is_some();
     if let Some(task) = submitted.task {
-        let work = run_job(state.images.clone(), prepared, task);
+        // Every log line of the job names it, its cloud and its image.
+        let span = tracing::info_span!(
+            "job",
+            job = %id,
+            upload_id = %upload_id,
+            cloud = %prepared.cloud(),
+            image = %state.images.image_name(&prepared.request().family),
+        );
+        let work = run_job(state.images.clone(), prepared, task).instrument(span);
         // Under the daemon's stop: a client that hangs up does not cancel it; a
         // stop lets it run for shutdown_grace (see crate::shutdown). Refused
         // once the stop began: the dropped task records the job interrupted.

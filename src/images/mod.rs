@@ -131,6 +131,11 @@ impl PreparedUpload {
     pub(crate) fn cloud(&self) -> &str {
         self.session.name()
     }
+
+    /// The request it came from.
+    pub(crate) fn request(&self) -> &UploadRequest {
+        &self.request
+    }
 }
 
 /// Held while an upload of one name to one cloud runs.
@@ -162,6 +167,11 @@ impl ImageService {
             hash_algos: Mutex::new(HashMap::new()),
             latest_calls: SharedCalls::new(),
         })
+    }
+
+    /// The image name of a family, by the configured template.
+    pub(crate) fn image_name(&self, family: &ImageFamily) -> ImageName {
+        family.image_name(&self.settings.template)
     }
 
     /// The newest active image of a family: one server-side Glance query.
