@@ -125,6 +125,16 @@ pub enum On {
     Unix,
 }
 
+/// A daemon whose only cloud is the bed's `charm` (the default), with default settings.
+pub async fn charm_only_daemon() -> TestDaemon {
+    let bed = Bed::get();
+    spawn_daemon(
+        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
+        |_| {},
+    )
+    .await
+}
+
 /// Starts a daemon on a TCP port with `clouds` as its clouds.yaml and the config
 /// adjusted by `tweak`.
 pub async fn spawn_daemon(clouds: &str, tweak: impl FnOnce(&mut Config)) -> TestDaemon {

@@ -9,15 +9,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn charm_daemon() -> TestDaemon {
-    let bed = Bed::get();
-    spawn_daemon(
-        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
-        |_| {},
-    )
-    .await
-}
-
 /// How many requests for that image name reached the bed's first Glance so far.
 async fn glance_calls_for(name: &str) -> u64 {
     let dir = Bed::get().clouds_yaml.parent().unwrap().to_path_buf();
@@ -45,7 +36,7 @@ async fn glance_calls_for(name: &str) -> u64 {
 
 #[tokio::test]
 async fn two_hundred_identical_latest_queries_share_a_handful_of_glance_calls() {
-    let d = charm_daemon().await;
+    let d = charm_only_daemon().await;
     let app = unique_app("burst");
     let file = write_raw_image(&d.upload_dir, "b.img", 1024 * 1024);
     let id = d
@@ -72,7 +63,7 @@ async fn two_hundred_identical_latest_queries_share_a_handful_of_glance_calls() 
 
 #[tokio::test]
 async fn an_image_uploaded_during_a_burst_is_seen_by_every_query_that_started_after_it() {
-    let d = Arc::new(charm_daemon().await);
+    let d = Arc::new(charm_only_daemon().await);
     let app = unique_app("fresh");
     let first = write_raw_image(&d.upload_dir, "1.img", 1024 * 1024);
     d.upload(&app, &first, 2, json!({})).await.expect(201, "");

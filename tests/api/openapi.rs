@@ -5,15 +5,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn charm_daemon() -> TestDaemon {
-    let bed = Bed::get();
-    spawn_daemon(
-        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
-        |_| {},
-    )
-    .await
-}
-
 async fn document(d: &TestDaemon) -> Value {
     let a = d.get("/v1/openapi.json").await;
     assert_eq!(a.status, 200, "{:?}", a.body);
@@ -59,7 +50,7 @@ fn assert_valid(doc: &Value, name: &str, instance: &Value) {
 
 #[tokio::test]
 async fn the_served_document_is_the_checked_in_one_and_wants_the_token() {
-    let d = charm_daemon().await;
+    let d = charm_only_daemon().await;
     let anonymous = d
         .send(d.http.get(format!("{}/v1/openapi.json", d.base)))
         .await;
@@ -81,7 +72,7 @@ async fn the_served_document_is_the_checked_in_one_and_wants_the_token() {
 
 #[tokio::test]
 async fn every_route_is_in_the_document_and_every_documented_route_is_served() {
-    let d = charm_daemon().await;
+    let d = charm_only_daemon().await;
     let doc = document(&d).await;
     let paths = doc["paths"].as_object().unwrap();
     let methods = ["get", "post", "put", "delete", "patch"];
@@ -127,7 +118,7 @@ async fn every_route_is_in_the_document_and_every_documented_route_is_served() {
 
 #[tokio::test]
 async fn real_answers_validate_against_the_documents_schemas() {
-    let d = charm_daemon().await;
+    let d = charm_only_daemon().await;
     let doc = document(&d).await;
     let glance = Direct::charm();
     let app = unique_app("schema");

@@ -6,18 +6,9 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-async fn charm_daemon() -> TestDaemon {
-    let bed = Bed::get();
-    spawn_daemon(
-        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
-        |_| {},
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_path_through_a_dangling_symlink_is_not_allowed() {
-    let d = charm_daemon().await;
+    let d = charm_only_daemon().await;
     std::os::unix::fs::symlink(d.dir.path().join("gone"), d.upload_dir.join("dangling")).unwrap();
     let a = d
         .upload("runner", &d.upload_dir.join("dangling/x.img"), 1, json!({}))
@@ -28,7 +19,7 @@ async fn a_path_through_a_dangling_symlink_is_not_allowed() {
 
 #[tokio::test]
 async fn a_hard_link_to_a_file_outside_is_not_allowed_and_one_inside_uploads() {
-    let d = charm_daemon().await;
+    let d = charm_only_daemon().await;
     let outside = write_raw_image(&d.dir.path().join("outside"), "secret.img", 4096);
     std::fs::hard_link(&outside, d.upload_dir.join("linked.img")).unwrap();
     let a = d

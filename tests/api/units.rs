@@ -10,15 +10,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn unit_daemon() -> TestDaemon {
-    let bed = Bed::get();
-    spawn_daemon(
-        &clouds_document(&[("charm", bed.cloud_entry("charm"))]),
-        |_| {},
-    )
-    .await
-}
-
 fn name_of(app: &str) -> String {
     format!("jammy-{app}-x64")
 }
@@ -66,7 +57,7 @@ async fn a_slow_upload_that_ends_last_never_deletes_the_newer_image_of_another_u
     let mut slow_entry = bed.cloud_entry("charm");
     slow_entry["image_endpoint_override"] = glance_url.into();
     let a = spawn_daemon(&clouds_document(&[("charm", slow_entry)]), |_| {}).await;
-    let b = unit_daemon().await;
+    let b = charm_only_daemon().await;
     let glance = Direct::charm();
     let app = unique_app("units");
     let big = write_raw_image(&a.upload_dir, "big.img", 8 * 1024 * 1024);
@@ -125,7 +116,7 @@ async fn a_slow_upload_that_ends_last_never_deletes_the_newer_image_of_another_u
 
 #[tokio::test]
 async fn racing_units_always_leave_the_newest_image_as_latest() {
-    let (a, b) = (unit_daemon().await, unit_daemon().await);
+    let (a, b) = (charm_only_daemon().await, charm_only_daemon().await);
     let glance = Direct::charm();
     let app = unique_app("race");
     let name = name_of(&app);
