@@ -249,10 +249,22 @@ glance_has_image() { [[ -n $(glance_images "$1") ]]; }
 # to /usr/bin, the unit to /lib/systemd/system, the config to /etc. With the .deb,
 # replace the body by: copy the .deb into "$ctroot/tmp" and `in_ct apt-get install
 # -y /tmp/openstack-image-helper_*.deb` (the package then ships unit and config).
+# The way a charm installs it: the Debian package (`make deb`; in CI,
+# packaging/check-deb.sh has just built it), else the built binary and the unit.
 install_daemon() {
-  install -D -m 0755 "$binary" "$ctroot/usr/bin/openstack-image-helper"
-  install -D -m 0644 systemd/$unit "$ctroot/lib/systemd/system/$unit"
-  install -d -m 0755 "$ctroot/etc/openstack-image-helper"
+  local deb=${OSIH_NSPAWN_DEB:-$(ls -t target/deb/openstack-image-helper_*.deb 2>/dev/null | head -n 1)}
+  if [[ -n $deb ]]; then
+    say "installing the package $deb"
+    install -D -m 0644 "$deb" "$ctroot/tmp/osih.deb"
+    in_ct dpkg -i /tmp/osih.deb >/dev/null
+    rm -f "$ctroot/tmp/osih.deb"
+    [[ -x $ctroot/usr/bin/openstack-image-helper ]] || die "the package did not install /usr/bin/openstack-image-helper"
+  else
+    say "no target/deb/*.deb (make deb): installing $binary and the unit by hand"
+    install -D -m 0755 "$binary" "$ctroot/usr/bin/openstack-image-helper"
+    install -D -m 0644 systemd/$unit "$ctroot/lib/systemd/system/$unit"
+    install -d -m 0755 "$ctroot/etc/openstack-image-helper"
+  fi
   write_config
   in_ct systemctl daemon-reload
 }
