@@ -331,8 +331,8 @@ async fn a_token_revoked_during_an_upload() {
     // Mid-upload: the daemon has sent some of the data, not all.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let uploads = d.get("/v1/uploads").await.body;
-        let sent = uploads["uploads"][0]["sent_bytes"].as_u64().unwrap_or(0);
+        let uploads = d.get("/v1/jobs").await.body;
+        let sent = uploads["jobs"][0]["bytes_sent"].as_u64().unwrap_or(0);
         if sent > 32 * 1024 * 1024 {
             assert!(sent < 384 * 1024 * 1024, "{uploads}");
             break;

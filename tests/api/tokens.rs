@@ -69,6 +69,7 @@ async fn a_revoked_token_is_replaced_on_the_next_call() {
     let d = spawn_daemon(&clouds_document(&[("revoked", entry)]), |_| {}).await;
     d.wait_authenticated("revoked", Duration::from_secs(30))
         .await;
+    let authenticated = std::time::Instant::now();
     let probe = unique_app("revoke-probe");
     // The probe's Glance query: `...&name=<image>&status=active`, then the status.
     let refused = format!("name=jammy-{probe}-x64&status=active 401 ");
@@ -94,7 +95,14 @@ async fn a_revoked_token_is_replaced_on_the_next_call() {
         after["unauthorized_responses"].as_u64().unwrap() >= 1,
         "{after}"
     );
-    assert_eq!(after["token_requests"], 2, "one re-authentication: {after}");
+    // One re-authentication; and under `make test`'s 60 s tokens, a slow run may
+    // also see the scheduled refresh (at 90 % of the life), never more.
+    let refreshes = u64::from(authenticated.elapsed() >= Bed::get().token_lifetime * 8 / 10);
+    let requests = after["token_requests"].as_u64().unwrap();
+    assert!(
+        requests >= 2 && requests <= 2 + refreshes,
+        "one re-authentication: {after}"
+    );
     assert_eq!(d.latest(&probe, None).await.status, 200);
     assert_eq!(glance_requests(&refused).await, 1);
     admin.delete_user(&user).await;
