@@ -75,6 +75,7 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR ?= $(PREFIX)/share/doc/openstack-image-helper
 DATADIR ?= $(PREFIX)/share/openstack-image-helper
+DEB_PROFILE ?= release
 CHARMLIB := charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
 UNIT := systemd/openstack-image-helper.service
 # The unit with ExecStart in bin dir $(1) (the checked-in unit names /usr/bin or
@@ -99,13 +100,14 @@ install: build
 	install -D -m 644 $(CHARMLIB) $(DESTDIR)$(DATADIR)/charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
-# cargo-deb builds the release binary itself. The package's unit is made here from the
+# cargo-deb builds the binary itself, with DEB_PROFILE (release: what ships; CI's
+# package check passes dev, the binary its tests already built). The package's unit is made here from the
 # checked-in one, with ExecStart at /usr/bin (Cargo.toml [package.metadata.deb]).
 deb:
 	@command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 	mkdir -p target/deb/systemd
 	$(call unit_for,/usr/bin,/usr/share/doc/openstack-image-helper) > target/deb/systemd/openstack-image-helper.service
-	cargo deb --output target/deb/ -- --locked
+	cargo deb --profile $(DEB_PROFILE) --output target/deb/ -- --locked
 
 CHARM_VENV := target/charm-venv
 $(CHARM_VENV)/stamp: charm/requirements-dev.txt
