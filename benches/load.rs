@@ -78,6 +78,13 @@ async fn burst(
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes `--bench`: the mode is the first other argument.
+    // `cargo test --all-targets` runs this target too, with no mode: nothing to
+    // measure without the daemon and the bed that benches/compare.sh starts.
+    let Some(mode) = std::env::args().skip(1).find(|a| !a.starts_with("--")) else {
+        println!("load: no mode given (direct, daemon, during-uploads); run benches/compare.sh");
+        return;
+    };
     let n: usize = std::env::var("LOAD_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -115,11 +122,6 @@ async fn main() {
     };
     let glance_ok = |b: &Value| b["images"][0]["id"] == expect.as_str();
 
-    // `cargo bench` passes `--bench`: the mode is the first other argument.
-    let mode = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .unwrap_or_default();
     match mode.as_str() {
         "direct" => burst(n, direct, glance_ok)
             .await
