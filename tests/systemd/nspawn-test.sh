@@ -255,9 +255,10 @@ install_daemon() {
   local deb=${OSIH_NSPAWN_DEB:-$(ls -t target/deb/openstack-image-helper_*.deb 2>/dev/null | head -n 1)}
   if [[ -n $deb ]]; then
     say "installing the package $deb"
-    install -D -m 0644 "$deb" "$ctroot/tmp/osih.deb"
-    in_ct dpkg -i /tmp/osih.deb >/dev/null
-    rm -f "$ctroot/tmp/osih.deb"
+    # Not /tmp: the booted container has a tmpfs there.
+    install -D -m 0644 "$deb" "$ctroot/root/osih.deb"
+    in_ct dpkg -i /root/osih.deb >/dev/null
+    rm -f "$ctroot/root/osih.deb"
     [[ -x $ctroot/usr/bin/openstack-image-helper ]] || die "the package did not install /usr/bin/openstack-image-helper"
   else
     say "no target/deb/*.deb (make deb): installing $binary and the unit by hand"
