@@ -312,9 +312,9 @@ drop_in_remove() {
 # Predicates for wait_for.
 healthy() { [[ $(health_code) == 200 ]]; }
 active_state_is() { [[ $(show ActiveState) == "$1" ]]; }
-charm_authenticated() { cli status 2>/dev/null | grep -q '^charm: authenticated'; }
+charm_authenticated() { cli status 2>/dev/null | grep '^charm: authenticated' >/dev/null; }
 restarted_after() { (($(show NRestarts) > $1)) && active_state_is active; }
-status_names() { api GET /v1/status | grep -q "\"$1\""; }
+status_names() { api GET /v1/status | grep "\"$1\"" >/dev/null; }
 # wait_for WHAT TRIES COMMAND...: runs COMMAND every 0.2 s until it succeeds.
 wait_for() {
   local what=$1 tries=$2
@@ -441,7 +441,9 @@ check_watchdog() {
   local new_pid
   new_pid=$(show MainPID)
   [[ $new_pid != "$pid" ]] || die "MainPID unchanged after the watchdog restart"
-  in_ct journalctl -u "$unit" --no-pager | grep -q 'Watchdog timeout' ||
+  # Not grep -q: it stops reading at the first match, and under pipefail
+  # journalctl's SIGPIPE then fails the pipeline when the journal is long.
+  in_ct journalctl -u "$unit" --no-pager | grep 'Watchdog timeout' >/dev/null ||
     die "no 'Watchdog timeout' in the journal"
   say "ok: watchdog timeout killed $pid, restarted as $new_pid (NRestarts $(show NRestarts))"
   # The restarted daemon kept its state: same clouds.yaml, same image.
