@@ -162,9 +162,9 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
             activation_timeout: config.activation_timeout,
             daemon_id: runtime.daemon_id.clone(),
             upload_dirs: runtime.upload_dirs.clone(),
-            shutdown: shutdown.clone(),
         },
         clouds.clone(),
+        shutdown.clone(),
     );
     let (jobs, recovery) = Jobs::open(
         &config.state_dir,

@@ -53,10 +53,8 @@ pub(crate) struct ImageSettings {
     pub(crate) activation_timeout: Duration,
     /// This installation's id, the value of [`MARKER_DAEMON`].
     pub(crate) daemon_id: String,
-    /// `upload_dirs`, resolved at start-up.
+    /// `upload_dirs`, resolved (at start-up, or by a reload).
     pub(crate) upload_dirs: Vec<PathBuf>,
-    /// The daemon's stop: uploads run as its tasks (see `stop.rs`).
-    pub(crate) shutdown: crate::shutdown::Shutdown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +142,11 @@ type NameLock = Arc<tokio::sync::Mutex<()>>;
 /// The image operations, shared by every request.
 #[derive(Debug)]
 pub(crate) struct ImageService {
-    settings: ImageSettings,
+    /// Replaced as a whole by a reload; an upload under way keeps the settings
+    /// it started with.
+    settings: std::sync::RwLock<Arc<ImageSettings>>,
+    /// The daemon's stop: uploads run as its tasks (see `stop.rs`).
+    shutdown: crate::shutdown::Shutdown,
     clouds: Arc<CloudRegistry>,
     /// One lock per (cloud, image name): uploads of a name run one at a time.
     locks: Mutex<HashMap<(String, ImageName), NameLock>>,
@@ -158,9 +160,14 @@ pub(crate) struct ImageService {
 }
 
 impl ImageService {
-    pub(crate) fn new(settings: ImageSettings, clouds: Arc<CloudRegistry>) -> Arc<ImageService> {
+    pub(crate) fn new(
+        settings: ImageSettings,
+        clouds: Arc<CloudRegistry>,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> Arc<ImageService> {
         Arc::new(ImageService {
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
+            shutdown,
             clouds,
             locks: Mutex::new(HashMap::new()),
             in_flight: InFlight::default(),
@@ -169,9 +176,26 @@ impl ImageService {
         })
     }
 
+    /// The settings in force.
+    pub(crate) fn settings(&self) -> Arc<ImageSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts new settings in force (a reload): uploads under way finish with the
+    /// ones they started with. The daemon id cannot change.
+    #[allow(dead_code, reason = "the reload of issue #9 calls it")]
+    pub(crate) fn replace_settings(&self, mut settings: ImageSettings) {
+        let mut slot = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        settings.daemon_id = slot.daemon_id.clone();
+        *slot = Arc::new(settings);
+    }
+
     /// The image name of a family, by the configured template.
     pub(crate) fn image_name(&self, family: &ImageFamily) -> ImageName {
-        family.image_name(&self.settings.template)
+        family.image_name(&self.settings().template)
     }
 
     /// The newest active image of a family: one server-side Glance query.
@@ -181,7 +205,7 @@ impl ImageService {
         family: &ImageFamily,
     ) -> Result<LatestImage, ImageError> {
         let session = self.clouds.session(cloud)?;
-        let name = family.image_name(&self.settings.template);
+        let name = family.image_name(&self.settings().template);
         let key = (Arc::as_ptr(&session) as usize, name.clone());
         let image = self
             .latest_calls
@@ -246,7 +270,7 @@ impl ImageService {
     /// Judges and opens `src_path` as one step, off the async worker threads.
     async fn open_source(&self, src_path: &std::path::Path) -> Result<SourceFile, ImageError> {
         let path = src_path.to_path_buf();
-        let dirs = self.settings.upload_dirs.clone();
+        let dirs = self.settings().upload_dirs.clone();
         tokio::task::spawn_blocking(move || src_path::open_within(&path, &dirs))
             .await
             .map_err(|e| ImageError::Internal(format!("opening src_path: {e}")))?
@@ -269,7 +293,7 @@ impl ImageService {
             reservation,
         } = prepared;
         let cloud = session.name().to_string();
-        let name = request.family.image_name(&self.settings.template);
+        let name = request.family.image_name(&self.settings().template);
         let disk_format = request
             .disk_format
             .unwrap_or_else(|| source.detect_disk_format());
@@ -286,7 +310,7 @@ impl ImageService {
         );
         properties.insert("os_distro".into(), "ubuntu".into());
         properties.insert("os_version".into(), request.family.base.version().into());
-        properties.insert(MARKER_DAEMON.into(), self.settings.daemon_id.clone());
+        properties.insert(MARKER_DAEMON.into(), self.settings().daemon_id.clone());
         properties.insert(MARKER_UPLOAD.into(), reservation.upload_id.clone());
         let new_image = NewImage {
             name: name.to_string(),
@@ -369,8 +393,8 @@ impl ImageService {
         let glance = session.glance();
         let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
         let clocks = UploadClocks {
-            stall: self.settings.upload_stall_timeout,
-            activation: self.settings.activation_timeout,
+            stall: self.settings().upload_stall_timeout,
+            activation: self.settings().activation_timeout,
         };
         let last_byte = OnceLock::new();
         let result = tokio::select! {
@@ -480,7 +504,7 @@ impl ImageService {
             new_id,
             num_revisions,
             Utc::now(),
-            self.settings.stale_upload_age,
+            self.settings().stale_upload_age,
         );
         let mut pruned = Vec::new();
         let mut failed = Vec::new();
@@ -510,7 +534,7 @@ impl ImageService {
         let mut reaped = Vec::new();
         for session in self.clouds.sessions() {
             match self
-                .reap_cloud(&session, self.settings.stale_upload_age)
+                .reap_cloud(&session, self.settings().stale_upload_age)
                 .await
             {
                 Ok(ids) => reaped.extend(ids),
@@ -529,13 +553,13 @@ impl ImageService {
     ) -> Result<Vec<String>, OpenStackError> {
         let glance = session.glance();
         let query = ImageQuery {
-            properties: vec![(MARKER_DAEMON.to_string(), self.settings.daemon_id.clone())],
+            properties: vec![(MARKER_DAEMON.to_string(), self.settings().daemon_id.clone())],
             ..ImageQuery::default()
         };
         let now = Utc::now();
         let mut reaped = Vec::new();
         for image in glance.list(&query).await? {
-            let ours = image.property(MARKER_DAEMON) == Some(self.settings.daemon_id.as_str());
+            let ours = image.property(MARKER_DAEMON) == Some(self.settings().daemon_id.as_str());
             if !ours
                 || image.protected
                 || !prune::is_stale(&image, now, stale_age)

@@ -20,7 +20,7 @@ const CREATE_SETTLE: Duration = Duration::from_secs(2);
 impl ImageService {
     /// The daemon's stop, under which job tasks run.
     pub(crate) fn shutdown(&self) -> &Shutdown {
-        &self.settings.shutdown
+        &self.shutdown
     }
 
     /// Deletes the images of jobs a stop cut off, and waits for it; an image that
