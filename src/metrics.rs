@@ -288,15 +288,21 @@ pub(crate) async fn observe_token_request<T>(
     result
 }
 
-/// An upload ended: its bytes sent, whether it was verified, how long it took
-/// (from its submission). Hook: the end of the job's task.
-pub(crate) fn upload_ended(cloud: &str, sent_bytes: u64, succeeded: bool, seconds: f64) {
-    let m = &*METRICS;
-    m.uploaded_bytes
+/// `bytes` of image data were taken by the HTTP client of an upload to `cloud`.
+/// Hook: each block of the upload's body, so the counter grows while it streams.
+pub(crate) fn bytes_uploaded(cloud: &str, bytes: u64) {
+    METRICS
+        .uploaded_bytes
         .get_or_create(&CloudLabels {
             cloud: cloud.to_string(),
         })
-        .inc_by(sent_bytes);
+        .inc_by(bytes);
+}
+
+/// An upload to one cloud ended: whether it was verified, how long it took
+/// (from its submission). Hook: the end of the job's task.
+pub(crate) fn upload_ended(cloud: &str, succeeded: bool, seconds: f64) {
+    let m = &*METRICS;
     let result = if succeeded { "succeeded" } else { "failed" };
     m.upload_duration
         .get_or_create(&UploadLabels {

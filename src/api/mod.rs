@@ -132,10 +132,19 @@ pub(crate) struct UploadFields {
     /// The image file; must resolve inside one of the daemon's `upload_dirs`.
     #[schema(value_type = String)]
     pub(crate) src_path: PathBuf,
-    /// The cloud (default: the daemon's default cloud).
+    /// The cloud (default: the daemon's default cloud). Not with `clouds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub(crate) cloud: Option<String>,
+    /// Several clouds from one read of the file (`["*"]`: every configured
+    /// cloud); the answer and the job are then per cloud. Not with `cloud`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) clouds: Option<Vec<String>>,
+    /// Hash the file first, and upload only to the clouds whose newest active
+    /// image of the name holds other bytes (the others answer it, `unchanged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) skip_unchanged: bool,
     /// Default: detected from the file (qcow2 or raw).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -183,6 +192,59 @@ pub(crate) struct UploadAnswer {
     /// Extension: the upload's id, the value of the image's upload marker (the
     /// request's `X-Request-Id`, else the job id).
     pub(crate) upload_id: String,
+    /// `true` when `skip_unchanged` found this image already holding the file's
+    /// bytes: nothing was uploaded or pruned.
+    #[serde(default)]
+    pub(crate) unchanged: bool,
+}
+
+/// One cloud's part of an upload to several clouds: its answer, or its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum CloudUpload {
+    Ok(Box<UploadAnswer>),
+    Err(ErrorBody),
+}
+
+/// One cloud's part of `latest?cloud=*`: its answer, or its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum CloudLatest {
+    Ok(Latest),
+    Err(ErrorBody),
+}
+
+/// `201` to `POST /v1/images` with `clouds`: every cloud succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct UploadResults {
+    pub(crate) results: BTreeMap<String, CloudUpload>,
+}
+
+/// `502` to `POST /v1/images` with `clouds`: some cloud failed; the clouds that
+/// succeeded keep their new image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct UploadResultsError {
+    /// `upload_image_failed`, naming the clouds that failed.
+    pub(crate) error: ErrorDetail,
+    pub(crate) results: BTreeMap<String, CloudUpload>,
+}
+
+/// `GET /v1/images/latest?cloud=*`: every cloud's answer, or its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct LatestResults {
+    pub(crate) results: BTreeMap<String, CloudLatest>,
+}
+
+/// One cloud of a job of several clouds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct JobCloud {
+    pub(crate) state: JobState,
+    /// Bytes this cloud's upload took so far.
+    pub(crate) bytes_sent: u64,
+    #[schema(required = true)]
+    pub(crate) image_id: Option<String>,
+    #[schema(required = true)]
+    pub(crate) error: Option<ErrorDetail>,
 }
 
 /// `{"code", "message"}` of an error, in an error answer or a failed job.
@@ -228,14 +290,52 @@ pub(crate) struct Job {
     pub(crate) updated_at: DateTime<Utc>,
     /// The upload fields as the client sent them.
     pub(crate) request: UploadFields,
-    /// Extension: the upload's answer once the job `succeeded`, else `null`.
+    /// Extension: the upload's answer once the job `succeeded`, else `null`
+    /// (a job of one cloud).
     #[schema(required = true)]
     pub(crate) result: Option<UploadAnswer>,
+    /// A job of several clouds (`clouds` in the request): each cloud's state;
+    /// the job is `succeeded` only when every cloud is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) clouds: Option<BTreeMap<String, JobCloud>>,
+    /// Extension, a job of several clouds: once it ended, each cloud's answer
+    /// or error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) results: Option<BTreeMap<String, CloudUpload>>,
 }
 
 impl Job {
-    /// The wire form of a job's record and, when it succeeded, its upload answer.
-    pub(crate) fn new(record: JobRecord<UploadFields>, result: Option<UploadAnswer>) -> Job {
+    /// The wire form of a job's record and what it kept of its end: a job of
+    /// one cloud keeps its answer when it succeeded, a job of several every
+    /// cloud's result.
+    pub(crate) fn new(record: JobRecord<UploadFields>, outcome: Option<serde_json::Value>) -> Job {
+        let per_cloud = record.clouds.is_some();
+        let (result, results) = match outcome {
+            Some(value) if per_cloud => (
+                None,
+                serde_json::from_value::<UploadResults>(value)
+                    .ok()
+                    .map(|r| r.results),
+            ),
+            Some(value) => (serde_json::from_value(value).ok(), None),
+            None => (None, None),
+        };
+        let clouds = record.clouds.map(|clouds| {
+            clouds
+                .into_iter()
+                .map(|(name, c)| {
+                    let cloud = JobCloud {
+                        state: c.state,
+                        bytes_sent: c.bytes_sent,
+                        image_id: c.image_id,
+                        error: c.error.map(ErrorDetail::from),
+                    };
+                    (name, cloud)
+                })
+                .collect()
+        });
         Job {
             job: record.job,
             state: record.state,
@@ -247,6 +347,8 @@ impl Job {
             updated_at: record.updated_at,
             request: record.request,
             result,
+            clouds,
+            results,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::client::{ApiClient, ClientError};
 use super::{UploadArgs, EXIT_DAEMON_ERROR, EXIT_OK, EXIT_UNREACHABLE};
-use crate::api::{Job, JobList, UploadFields};
+use crate::api::{CloudUpload, Job, JobList, UploadFields};
 use crate::config::Config;
 use crate::jobs::JobState;
 
@@ -24,13 +24,19 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
     };
     // The daemon resolves paths on its own; a relative one means the caller's cwd.
     let src_path = std::path::absolute(&args.src_path).unwrap_or(args.src_path.clone());
+    let (cloud, clouds) = match args.family.targets() {
+        super::CloudTargets::One(cloud) => (cloud, None),
+        super::CloudTargets::Several(clouds) => (None, Some(clouds)),
+    };
     let fields = UploadFields {
         base: args.family.base,
         app_name: args.family.app_name,
         arch: args.family.arch,
         num_revisions: args.num_revisions,
         src_path,
-        cloud: args.family.cloud,
+        cloud,
+        clouds,
+        skip_unchanged: args.skip_unchanged,
         disk_format: args.disk_format,
         container_format: None,
         visibility: None,
@@ -177,6 +183,9 @@ fn finish(followed: Result<Job, ClientError>) -> i32 {
         Ok(job) => job,
         Err(e) => return e.report(),
     };
+    if let Some(results) = &job.results {
+        return print_results(&job, results);
+    }
     match (job.state, &job.error) {
         (JobState::Succeeded, _) => {
             println!("{}", job.image_id.as_deref().unwrap_or(""));
@@ -198,6 +207,32 @@ fn finish(followed: Result<Job, ClientError>) -> i32 {
             );
             EXIT_UNREACHABLE
         }
+    }
+}
+
+/// The end of a job of several clouds: a line `CLOUD ID` per cloud that
+/// succeeded (stdout), the error of each that failed (stderr).
+fn print_results(job: &Job, results: &std::collections::BTreeMap<String, CloudUpload>) -> i32 {
+    for (cloud, result) in results {
+        match result {
+            CloudUpload::Ok(answer) => {
+                println!("{cloud} {}", answer.id);
+                if answer.unchanged {
+                    eprintln!("{cloud}: unchanged (the newest image already holds this file)");
+                } else if !answer.pruned.is_empty() {
+                    eprintln!("{cloud}: pruned: {}", answer.pruned.join(" "));
+                }
+            }
+            CloudUpload::Err(body) => eprintln!(
+                "{cloud}: error: {}: {} (job {})",
+                body.error.code, body.error.message, job.job
+            ),
+        }
+    }
+    if job.state == JobState::Succeeded {
+        EXIT_OK
+    } else {
+        EXIT_DAEMON_ERROR
     }
 }
 

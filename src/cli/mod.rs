@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{Latest, Status};
+use crate::api::{CloudLatest, Latest, LatestResults, Status};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use client::ApiClient;
 
@@ -40,10 +40,12 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the daemon in the foreground (systemd runs it).
     Serve,
-    /// Print the id of the newest active image (an empty line when there is none).
+    /// Print the id of the newest active image (an empty line when there is none);
+    /// for several clouds, a line `CLOUD ID` per cloud.
     Latest(FamilyArgs),
     /// Upload an image file as a new revision (a job, followed to its end) and
-    /// print its id.
+    /// print its id; to several clouds (one read of the file), a line
+    /// `CLOUD ID` per cloud.
     Upload(UploadArgs),
     /// Follow a job to its end and print its image id (exit 1 with its error
     /// when it failed).
@@ -79,9 +81,32 @@ pub(crate) struct FamilyArgs {
     /// Architecture: x64, arm64, s390x, ppc64le.
     #[arg(long)]
     pub(crate) arch: String,
-    /// The cloud (default: the daemon's default cloud).
-    #[arg(long)]
-    pub(crate) cloud: Option<String>,
+    /// The cloud (default: the daemon's default cloud); give it more than once
+    /// for several clouds.
+    #[arg(long = "cloud")]
+    pub(crate) clouds: Vec<String>,
+    /// Every configured cloud.
+    #[arg(long, conflicts_with = "clouds")]
+    pub(crate) all_clouds: bool,
+}
+
+impl FamilyArgs {
+    /// The clouds as the API names them: `None` for the default cloud, one
+    /// name, or several (`*` for every cloud).
+    pub(crate) fn targets(&self) -> CloudTargets {
+        match (self.all_clouds, self.clouds.as_slice()) {
+            (true, _) => CloudTargets::Several(vec!["*".to_string()]),
+            (false, []) => CloudTargets::One(None),
+            (false, [one]) => CloudTargets::One(Some(one.clone())),
+            (false, several) => CloudTargets::Several(several.to_vec()),
+        }
+    }
+}
+
+/// Which clouds a command names (see [`FamilyArgs::targets`]).
+pub(crate) enum CloudTargets {
+    One(Option<String>),
+    Several(Vec<String>),
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +125,10 @@ pub(crate) struct UploadArgs {
     /// Extra image property KEY=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_property)]
     pub(crate) properties: Vec<(String, String)>,
+    /// Hash the file first and upload only to the clouds whose newest image of
+    /// the name holds other bytes.
+    #[arg(long)]
+    pub(crate) skip_unchanged: bool,
     /// Print the job id and exit at once; `job ID` follows it.
     #[arg(long)]
     pub(crate) no_wait: bool,
@@ -180,21 +209,56 @@ async fn latest(config: &Config, args: FamilyArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return e.report(),
     };
-    let mut query = vec![
-        ("base", args.base.as_str()),
-        ("app_name", args.app_name.as_str()),
-        ("arch", args.arch.as_str()),
-    ];
-    if let Some(cloud) = &args.cloud {
-        query.push(("cloud", cloud));
-    }
-    match client.get::<Latest>("/v1/images/latest", &query).await {
-        Ok(latest) => {
-            println!("{}", latest.id.unwrap_or_default());
-            EXIT_OK
+    let query = |cloud: Option<&'static str>| {
+        let mut query = vec![
+            ("base", args.base.as_str()),
+            ("app_name", args.app_name.as_str()),
+            ("arch", args.arch.as_str()),
+        ];
+        query.extend(cloud.map(|c| ("cloud", c)));
+        query
+    };
+    let wanted = match args.targets() {
+        CloudTargets::One(cloud) => {
+            let mut one = query(None);
+            one.extend(cloud.as_deref().map(|c| ("cloud", c)));
+            return match client.get::<Latest>("/v1/images/latest", &one).await {
+                Ok(latest) => {
+                    println!("{}", latest.id.unwrap_or_default());
+                    EXIT_OK
+                }
+                Err(e) => e.report(),
+            };
         }
-        Err(e) => e.report(),
+        CloudTargets::Several(clouds) => clouds,
+    };
+    // One query for every cloud; the clouds asked for are picked from it.
+    let all: LatestResults = match client.get("/v1/images/latest", &query(Some("*"))).await {
+        Ok(all) => all,
+        Err(e) => return e.report(),
+    };
+    let mut code = EXIT_OK;
+    let names: Vec<String> = if wanted == ["*"] {
+        all.results.keys().cloned().collect()
+    } else {
+        wanted
+    };
+    for name in names {
+        match all.results.get(&name) {
+            Some(CloudLatest::Ok(latest)) => {
+                println!("{name} {}", latest.id.as_deref().unwrap_or(""))
+            }
+            Some(CloudLatest::Err(body)) => {
+                code = EXIT_DAEMON_ERROR;
+                eprintln!("{name}: error: {}: {}", body.error.code, body.error.message);
+            }
+            None => {
+                code = EXIT_DAEMON_ERROR;
+                eprintln!("{name}: error: unknown_cloud: no cloud named '{name}' is configured");
+            }
+        }
     }
+    code
 }
 
 async fn status(config: &Config, json: bool) -> i32 {

@@ -67,6 +67,14 @@ impl ApiError {
         Self::new(status, code, failure.message.clone())
     }
 
+    /// `{"code", "message"}`.
+    pub(crate) fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        }
+    }
+
     /// What a job records when it fails with this error.
     pub(crate) fn to_failure(&self) -> JobFailure {
         JobFailure::new(self.code, self.message.clone())
@@ -124,6 +132,12 @@ const STATUS_OF_CODE: &[(StatusCode, &str)] = &[
 
 impl From<JobsError> for ApiError {
     fn from(err: JobsError) -> Self {
+        Self::from(&err)
+    }
+}
+
+impl From<&JobsError> for ApiError {
+    fn from(err: &JobsError) -> Self {
         let message = err.to_string();
         match err {
             JobsError::Conflict { .. } => Self::conflict(message),
@@ -159,8 +173,14 @@ impl IntoResponse for ApiError {
 
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
+        Self::from(&err)
+    }
+}
+
+impl From<&RegistryError> for ApiError {
+    fn from(err: &RegistryError) -> Self {
         let message = err.to_string();
-        match &err {
+        match err {
             RegistryError::UnknownCloud(_) => {
                 Self::new(StatusCode::NOT_FOUND, "unknown_cloud", message)
             }
@@ -182,6 +202,12 @@ impl From<RegistryError> for ApiError {
 
 impl From<ImageError> for ApiError {
     fn from(err: ImageError) -> Self {
+        Self::from(&err)
+    }
+}
+
+impl From<&ImageError> for ApiError {
+    fn from(err: &ImageError) -> Self {
         let message = err.to_string();
         match err {
             ImageError::Invalid(_) => Self::invalid_request(message),
@@ -200,8 +226,8 @@ impl From<ImageError> for ApiError {
                 Self::new(StatusCode::BAD_GATEWAY, "upload_image_failed", message)
             }
             ImageError::Cloud(registry) => registry.into(),
-            ImageError::Get(os) => Self::openstack(&os, "get_image_failed"),
-            ImageError::Upload(os) => Self::openstack(&os, "upload_image_failed"),
+            ImageError::Get(os) => Self::openstack(os, "get_image_failed"),
+            ImageError::Upload(os) => Self::openstack(os, "upload_image_failed"),
             ImageError::UploadIdInUse(_) => Self::conflict(message),
             ImageError::Job(job) => job.into(),
             ImageError::Internal(_) => {

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -10,7 +11,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::extract::{ApiQuery, TextBody};
 use super::AppState;
-use crate::api::{CloudNames, ErrorBody, Health, Latest, Status};
+use crate::api::{CloudLatest, CloudNames, ErrorBody, Health, Latest, LatestResults, Status};
 use crate::images::names::ImageFamily;
 use crate::jobs::JobState;
 
@@ -85,7 +86,8 @@ pub(crate) struct LatestParams {
     app_name: Option<String>,
     /// x64, arm64, s390x, ppc64le. Required.
     arch: Option<String>,
-    /// The cloud (default: the daemon's default cloud).
+    /// The cloud (default: the daemon's default cloud); `*`: every cloud, each
+    /// answered on its own (`results`).
     cloud: Option<String>,
 }
 
@@ -93,9 +95,10 @@ fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
     value.ok_or_else(|| ApiError::invalid_request(format!("{field}: missing query parameter")))
 }
 
-/// The newest active image of the name the template gives.
+/// The newest active image of the name the template gives; with `cloud=*`, in
+/// every cloud (queried side by side).
 #[utoipa::path(get, path = "/v1/images/latest", params(LatestParams), responses(
-    (status = 200, body = Latest),
+    (status = 200, body = LatestAnswer, description = "The newest image; with cloud=*, every cloud's answer or error"),
     (status = 400, body = ErrorBody, description = "invalid_request"),
     (status = 404, body = ErrorBody, description = "unknown_cloud"),
     (status = 502, body = ErrorBody, description = "get_image_failed, openstack_connection_failed"),
@@ -103,16 +106,45 @@ fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
 pub(crate) async fn latest(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<LatestParams>,
-) -> Result<Json<Latest>, ApiError> {
+) -> Result<Response, ApiError> {
     let family = ImageFamily::parse(
         &required(params.base, "base")?,
         &required(params.app_name, "app_name")?,
         &required(params.arch, "arch")?,
     )
     .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    if params.cloud.as_deref() == Some("*") {
+        let results = state
+            .images
+            .latest_everywhere(&family)
+            .await?
+            .into_iter()
+            .map(|(cloud, result)| {
+                let result = match result {
+                    Ok(latest) => CloudLatest::Ok(latest),
+                    Err(err) => CloudLatest::Err(ErrorBody {
+                        error: ApiError::from(&err).detail(),
+                    }),
+                };
+                (cloud, result)
+            })
+            .collect();
+        return Ok(Json(LatestResults { results }).into_response());
+    }
     let latest = state
         .images
         .latest(params.cloud.as_deref(), &family)
         .await?;
-    Ok(Json(latest))
+    Ok(Json(latest).into_response())
+}
+
+/// `200` to `GET /v1/images/latest`: one cloud's answer, or every cloud's.
+#[derive(utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the answer's two shapes in the OpenAPI document"
+)]
+pub(crate) enum LatestAnswer {
+    One(Latest),
+    Every(LatestResults),
 }

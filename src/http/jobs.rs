@@ -17,8 +17,11 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::AppState;
-use crate::api::{ErrorBody, Job, JobList, UploadAnswer, UploadFields};
-use crate::images::{ImageError, ImageService, PreparedUpload, UploadRequest};
+use crate::api::{
+    CloudUpload, ErrorBody, Job, JobList, UploadAnswer, UploadFields, UploadResults,
+    UploadResultsError,
+};
+use crate::images::{CloudOutcome, ImageError, ImageService, PreparedUpload, UploadRequest};
 use crate::jobs::{IdempotencyKey, JobHandle, JobId, JobState, JobTask, Jobs, NewJob};
 
 /// The daemon's jobs: every upload is one.
@@ -43,7 +46,7 @@ pub(crate) struct UploadParams {
                            upload under way is 409 conflict.")),
     request_body = UploadFields,
     responses(
-        (status = 201, body = UploadAnswer, description = "The new image (waiting form)"),
+        (status = 201, body = Uploaded, description = "The new image (waiting form); with `clouds`, every cloud's (`results`)"),
         (status = 202, body = Job, description = "The job, under way (wait=false)"),
         (status = 200, body = Job, description = "The job the key names, already ended (wait=false)"),
         (status = 400, body = ErrorBody, description = "invalid_request, file_not_found"),
@@ -51,7 +54,7 @@ pub(crate) struct UploadParams {
         (status = 404, body = ErrorBody, description = "unknown_cloud"),
         (status = 409, body = ErrorBody, description = "conflict"),
         (status = 413, body = ErrorBody, description = "image_too_large, request_too_large"),
-        (status = 502, body = ErrorBody, description = "upload_image_failed, get_image_failed, openstack_connection_failed"),
+        (status = 502, body = UploadFailed, description = "upload_image_failed, get_image_failed, openstack_connection_failed; with `clouds`, also every cloud's result (`results`)"),
         (status = 503, body = ErrorBody, description = "not_ready, shutting_down, interrupted")))]
 pub(crate) async fn upload(
     State(state): State<AppState>,
@@ -88,7 +91,8 @@ pub(crate) async fn upload(
             request: fields,
             idempotency_key: key,
             bytes_total: prepared.size(),
-            clouds: vec![prepared.cloud().to_string()],
+            clouds: prepared.clouds(),
+            per_cloud: prepared.per_cloud(),
         })
         .await?;
     let created = submitted.task.is_some();
@@ -98,7 +102,7 @@ pub(crate) async fn upload(
             "job",
             job = %id,
             upload_id = %upload_id,
-            cloud = %prepared.cloud(),
+            cloud = %prepared.clouds().join(","),
             image = %state.images.image_name(&prepared.request().family),
         );
         let work = run_job(state.images.clone(), prepared, task).instrument(span);
@@ -149,7 +153,8 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 
 /// The answer to `POST /v1/images` for `handle`'s job: at once (`wait=false`:
 /// `202` while it runs or when it was just made, `200` when a retry finds it
-/// ended), or once it ended (`201` with the upload's answer, or its error).
+/// ended), or once it ended (`201` with the upload's answer, or its error; for
+/// a job of several clouds, with every cloud's result).
 async fn answer(handle: &JobHandle<UploadFields>, wait: bool, created: bool) -> Response {
     if !wait {
         let job = wire_job(handle);
@@ -161,58 +166,136 @@ async fn answer(handle: &JobHandle<UploadFields>, wait: bool, created: bool) -> 
         return (status, Json(job)).into_response();
     }
     let record = handle.wait_finished().await;
-    if record.state == JobState::Succeeded {
-        match outcome(handle) {
+    let failure = record.error.clone().unwrap_or_else(|| {
+        crate::jobs::JobFailure::new("internal_error", "the job failed without an error")
+    });
+    let results = handle
+        .outcome()
+        .and_then(|v| serde_json::from_value::<UploadResults>(v).ok());
+    match (record.clouds.is_some(), record.state == JobState::Succeeded) {
+        (true, succeeded) => match results {
+            Some(results) if succeeded => (StatusCode::CREATED, Json(results)).into_response(),
+            Some(results) => {
+                let error = ApiError::of_failure(&failure);
+                let body = UploadResultsError {
+                    error: error.detail(),
+                    results: results.results,
+                };
+                (error.status, Json(body)).into_response()
+            }
+            None if succeeded => lost_answer(&record),
+            None => ApiError::of_failure(&failure).into_response(),
+        },
+        (false, true) => match handle
+            .outcome()
+            .and_then(|v| serde_json::from_value::<UploadAnswer>(v).ok())
+        {
             Some(outcome) => (StatusCode::CREATED, Json(outcome)).into_response(),
-            None => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                format!("job {} succeeded but its answer was not kept", record.job),
-            )
-            .into_response(),
-        }
-    } else {
-        let failure = record.error.unwrap_or_else(|| {
-            crate::jobs::JobFailure::new("internal_error", "the job failed without an error")
-        });
-        ApiError::of_failure(&failure).into_response()
+            None => lost_answer(&record),
+        },
+        (false, false) => ApiError::of_failure(&failure).into_response(),
     }
 }
 
-fn outcome(handle: &JobHandle<UploadFields>) -> Option<UploadAnswer> {
-    serde_json::from_value(handle.outcome()?).ok()
+fn lost_answer(record: &crate::jobs::JobRecord<UploadFields>) -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        format!("job {} succeeded but its answer was not kept", record.job),
+    )
+    .into_response()
 }
 
 fn wire_job(handle: &JobHandle<UploadFields>) -> Job {
-    Job::new(handle.record(), outcome(handle))
+    Job::new(handle.record(), handle.outcome())
 }
 
 /// The job's task: the upload, then its answer or its error in the job.
 async fn run_job(images: Arc<ImageService>, prepared: PreparedUpload, task: JobTask<UploadFields>) {
     let job = task.id();
-    let cloud = prepared.cloud().to_string();
+    let per_cloud = prepared.per_cloud();
     let started = std::time::Instant::now();
-    let outcome = images.run_job(prepared, &task).await;
-    crate::metrics::upload_ended(
-        &cloud,
-        task.bytes_sent().get(),
-        outcome.is_ok(),
-        started.elapsed().as_secs_f64(),
-    );
-    match outcome {
-        Ok(answer) => {
-            let kept = serde_json::to_value(&answer).ok();
-            if let Err(err) = task.succeed_with(&answer.id, kept).await {
-                tracing::warn!(%job, error = %err, "cannot record the job's success");
-            }
-        }
+    let to_failure = |err: &ImageError| ApiError::from(err).to_failure();
+    let outcomes = match images.run_job(prepared, &task, &to_failure).await {
+        Ok(outcomes) => outcomes,
         Err(err) => {
-            let failure = ApiError::from(err).to_failure();
+            let failure = to_failure(&err);
             tracing::warn!(%job, code = %failure.code, message = %failure.message, "job failed");
             // A job a stop already ended stays as the stop recorded it.
             let _ = task.fail(failure).await;
+            return;
         }
+    };
+    for (cloud, result) in &outcomes {
+        crate::metrics::upload_ended(cloud, result.is_ok(), started.elapsed().as_secs_f64());
     }
+    let recorded = if per_cloud {
+        let results = UploadResults {
+            results: outcomes.into_iter().map(cloud_result).collect(),
+        };
+        task.finish_from_clouds(serde_json::to_value(&results).ok())
+            .await
+    } else {
+        match outcomes.into_iter().next().map(|(_, result)| result) {
+            Some(Ok(answer)) => {
+                let kept = serde_json::to_value(&answer).ok();
+                task.succeed_with(&answer.id, kept).await
+            }
+            Some(Err(err)) => {
+                let failure = to_failure(&err);
+                tracing::warn!(%job, code = %failure.code, message = %failure.message, "job failed");
+                task.fail(failure).await
+            }
+            None => {
+                let failure =
+                    crate::jobs::JobFailure::new("internal_error", "the upload had no cloud");
+                task.fail(failure).await
+            }
+        }
+    };
+    match recorded {
+        Ok(record) if record.state == JobState::Failed => {
+            if let Some(error) = &record.error {
+                tracing::warn!(%job, code = %error.code, message = %error.message, "job failed");
+            }
+        }
+        Ok(_) => {}
+        // A job a stop already ended stays as the stop recorded it.
+        Err(err) => tracing::warn!(%job, error = %err, "cannot record the job's end"),
+    }
+}
+
+/// One cloud's result as the answer and the job show it.
+fn cloud_result((cloud, result): CloudOutcome) -> (String, CloudUpload) {
+    let result = match result {
+        Ok(answer) => CloudUpload::Ok(Box::new(answer)),
+        Err(err) => CloudUpload::Err(ErrorBody {
+            error: ApiError::from(&err).detail(),
+        }),
+    };
+    (cloud, result)
+}
+
+/// `201` to `POST /v1/images`: one cloud's answer, or every cloud's (`clouds`).
+#[derive(utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the answer's two shapes in the OpenAPI document"
+)]
+pub(crate) enum Uploaded {
+    One(Box<UploadAnswer>),
+    Several(UploadResults),
+}
+
+/// `502` to `POST /v1/images`: the error, and with `clouds` every cloud's result.
+#[derive(utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the answer's two shapes in the OpenAPI document"
+)]
+pub(crate) enum UploadFailed {
+    One(ErrorBody),
+    Several(UploadResultsError),
 }
 
 /// One job.

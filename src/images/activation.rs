@@ -4,12 +4,13 @@
 //! (Glance hashes the data before it answers, a store or plugin may process it
 //! after: a good upload may be silent for long then, and must not count as stalled).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::upload::reader::Flow;
 use super::ImageError;
 use crate::openstack::glance::{Image, ImageStatus};
 use crate::openstack::session::Session;
@@ -52,17 +53,20 @@ impl WatchEnd {
     }
 }
 
-/// Watches `sent` (bytes taken by the HTTP client) of an upload of `total` bytes,
-/// and resolves when one of the clocks runs out. The moment the last byte was
-/// taken goes into `last_byte`, where the wait for `active` starts its clock.
+/// Watches the `flow` of an upload of `total` bytes (bytes the reader offered,
+/// bytes the HTTP client took), and resolves when one of the clocks runs out.
+/// The stall clock runs only while offered bytes wait to be taken: an upload
+/// that took all it was offered waits for the file (or, in a fan-out, for a
+/// slower cloud), not for its server. The moment the last byte was taken goes
+/// into `last_byte`, where the wait for `active` starts its clock.
 pub(crate) async fn watch_upload(
-    sent: &AtomicU64,
+    flow: &Flow,
     total: u64,
     clocks: UploadClocks,
     last_byte: &OnceLock<Instant>,
 ) -> WatchEnd {
     let tick = (clocks.stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut last = sent.load(Ordering::Relaxed);
+    let mut last = flow.taken.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
     loop {
         if last >= total {
@@ -71,9 +75,10 @@ pub(crate) async fn watch_upload(
             return WatchEnd::NoAnswer;
         }
         tokio::time::sleep(tick).await;
-        let now_sent = sent.load(Ordering::Relaxed);
-        if now_sent != last {
-            last = now_sent;
+        let taken = flow.taken.load(Ordering::Relaxed);
+        let waiting_for_data = taken >= flow.offered.load(Ordering::Relaxed);
+        if taken != last || waiting_for_data {
+            last = taken;
             last_change = Instant::now();
         } else if last_change.elapsed() >= clocks.stall {
             return WatchEnd::Stalled;
@@ -136,7 +141,16 @@ pub(crate) async fn wait_until_active(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
+
+    /// A flow whose reader offered all `total` bytes at once.
+    fn all_offered(total: u64) -> Flow {
+        Flow {
+            offered: Arc::new(AtomicU64::new(total)),
+            taken: Arc::new(AtomicU64::new(0)),
+        }
+    }
 
     fn clocks(stall: u64, activation: u64) -> UploadClocks {
         UploadClocks {
@@ -147,7 +161,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stall_is_noticed_only_after_no_progress_for_the_timeout() {
-        let sent = Arc::new(AtomicU64::new(0));
+        let flow = all_offered(100);
+        let sent = flow.taken.clone();
         let feeder = {
             let sent = sent.clone();
             tokio::spawn(async move {
@@ -158,7 +173,7 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let end = watch_upload(&sent, 100, clocks(5, 60), &OnceLock::new()).await;
+        let end = watch_upload(&flow, 100, clocks(5, 60), &OnceLock::new()).await;
         assert_eq!(end, WatchEnd::Stalled);
         // Progress every second for 20 s, then silence: stall declared at ~25 s.
         let waited = started.elapsed();
@@ -171,7 +186,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_the_last_byte_only_the_activation_timeout_counts() {
-        let sent = Arc::new(AtomicU64::new(0));
+        let flow = all_offered(100);
+        let sent = flow.taken.clone();
         let feeder = {
             let sent = sent.clone();
             tokio::spawn(async move {
@@ -183,7 +199,7 @@ mod tests {
         };
         let started = Instant::now();
         let last_byte = OnceLock::new();
-        let end = watch_upload(&sent, 100, clocks(2, 60), &last_byte).await;
+        let end = watch_upload(&flow, 100, clocks(2, 60), &last_byte).await;
         assert_eq!(end, WatchEnd::NoAnswer);
         // The last byte at ~10 s, then silent far past the stall timeout.
         let at = last_byte.get().unwrap().duration_since(started);
@@ -202,8 +218,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_empty_file_starts_the_activation_clock_at_once() {
         let started = Instant::now();
-        let end = watch_upload(&AtomicU64::new(0), 0, clocks(1, 30), &OnceLock::new()).await;
+        let end = watch_upload(&all_offered(0), 0, clocks(1, 30), &OnceLock::new()).await;
         assert_eq!(end, WatchEnd::NoAnswer);
         assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_reader_is_not_a_stall_but_not_taking_what_is_offered_is() {
+        // A fan-out: this cloud took every byte offered, and the reader waits
+        // 30 s for a slower cloud (far past the 5 s stall timeout); then it
+        // offers 10 more bytes that this cloud never takes.
+        let flow = Flow::default();
+        flow.offered.store(40, Ordering::Relaxed);
+        flow.taken.store(40, Ordering::Relaxed);
+        let offered = flow.offered.clone();
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            offered.fetch_add(10, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        let end = watch_upload(&flow, 100, clocks(5, 60), &OnceLock::new()).await;
+        assert_eq!(end, WatchEnd::Stalled);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(35) && waited <= Duration::from_secs(37),
+            "{waited:?}"
+        );
+        feeder.await.unwrap();
     }
 }

@@ -13,26 +13,27 @@ mod shared_calls;
 pub(crate) mod source;
 pub(crate) mod src_path;
 mod stop;
+pub(crate) mod upload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 
 pub(crate) use crate::api::{Latest as LatestImage, PruneFailure, UploadAnswer as UploadOutcome};
-use crate::jobs::{CreatedImage, JobRequest, JobState, JobTask, JobsError};
-use crate::openstack::glance::{Image, ImageQuery, NewImage};
+use crate::jobs::{CreatedImage, JobsError};
+use crate::openstack::glance::{Image, ImageQuery};
 use crate::openstack::registry::{CloudRegistry, RegistryError};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
-use activation::UploadClocks;
 use names::{FieldError, ImageFamily, ImageName, NameTemplate};
-use progress::{InFlight, UploadIdInUse, UploadReservation};
+use progress::{InFlight, UploadIdInUse};
 pub(crate) use request::UploadRequest;
 use shared_calls::SharedCalls;
 use source::{HashAlgo, SourceError, SourceFile};
+pub(crate) use upload::{CloudOutcome, PreparedUpload};
 
 /// The property that marks images made by this daemon installation (its daemon id).
 pub(crate) const MARKER_DAEMON: &str = "image_helper_daemon_id";
@@ -105,35 +106,6 @@ pub(crate) enum ImageError {
     /// The upload task ended abnormally (a bug); the image may remain for the reaper.
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// An upload whose request, file and cloud were checked (the request's errors
-/// are answered before a job exists), ready to run as a job.
-#[derive(Debug)]
-pub(crate) struct PreparedUpload {
-    request: UploadRequest,
-    /// Opened where it was judged: the file read is the file judged.
-    source: SourceFile,
-    session: Arc<Session>,
-    /// The upload id (the image's marker), held until the upload ends.
-    reservation: UploadReservation,
-}
-
-impl PreparedUpload {
-    /// The file's size.
-    pub(crate) fn size(&self) -> u64 {
-        self.source.size
-    }
-
-    /// The cloud it goes to.
-    pub(crate) fn cloud(&self) -> &str {
-        self.session.name()
-    }
-
-    /// The request it came from.
-    pub(crate) fn request(&self) -> &UploadRequest {
-        &self.request
-    }
 }
 
 /// Held while an upload of one name to one cloud runs.
@@ -221,23 +193,26 @@ impl ImageService {
         })
     }
 
-    /// Checks what can be checked before an upload becomes a job: where the file
-    /// is (first: `path_not_allowed`), that it is a regular file, the cloud, and
-    /// that `upload_id` (an `X-Request-Id`) is not used by an upload under way.
-    pub(crate) async fn prepare(
+    /// The newest active image of a family in every cloud, queried side by side;
+    /// each cloud answers or fails on its own.
+    pub(crate) async fn latest_everywhere(
         &self,
-        request: UploadRequest,
-        upload_id: &str,
-    ) -> Result<PreparedUpload, ImageError> {
-        let source = self.open_source(&request.src_path).await?;
-        let session = self.clouds.session(request.cloud.as_deref())?;
-        let reservation = self.in_flight.reserve(upload_id)?;
-        Ok(PreparedUpload {
-            request,
-            source,
-            session,
-            reservation,
-        })
+        family: &ImageFamily,
+    ) -> Result<Vec<(String, Result<LatestImage, ImageError>)>, ImageError> {
+        let sessions = self.clouds.sessions();
+        if sessions.is_empty() {
+            // The registry's own "no clouds" error, with its advice.
+            self.clouds.session(None)?;
+        }
+        let answers = futures_util::future::join_all(
+            sessions.iter().map(|s| self.latest(Some(s.name()), family)),
+        )
+        .await;
+        Ok(sessions
+            .iter()
+            .map(|s| s.name().to_string())
+            .zip(answers)
+            .collect())
     }
 
     fn lock_for(&self, cloud: &str, name: &ImageName) -> NameLock {
@@ -275,201 +250,6 @@ impl ImageService {
             .await
             .map_err(|e| ImageError::Internal(format!("opening src_path: {e}")))?
             .map_err(ImageError::from)
-    }
-
-    /// Runs a prepared upload as `job`: waits (`queued`) for the name's lock, then
-    /// for an upload slot; uploads (`uploading`), verifies (`verifying`), prunes
-    /// (`pruning`). The caller records the answer or the error in the job. A
-    /// failed upload leaves no image behind (the reaper retries a failed delete).
-    pub(crate) async fn run_job<R: JobRequest>(
-        &self,
-        prepared: PreparedUpload,
-        job: &JobTask<R>,
-    ) -> Result<UploadOutcome, ImageError> {
-        let PreparedUpload {
-            request,
-            source,
-            session,
-            reservation,
-        } = prepared;
-        let cloud = session.name().to_string();
-        let name = request.family.image_name(&self.settings().template);
-        let disk_format = request
-            .disk_format
-            .unwrap_or_else(|| source.detect_disk_format());
-
-        // The name's lock first, then a slot: both waits show as `queued`.
-        let lock = self.lock_for(&cloud, &name);
-        let _one_at_a_time = lock.lock().await;
-        let _slot = job.acquire_slot().await?;
-
-        let mut properties = request.properties.clone();
-        properties.insert(
-            "architecture".into(),
-            request.family.arch.glance_architecture().into(),
-        );
-        properties.insert("os_distro".into(), "ubuntu".into());
-        properties.insert("os_version".into(), request.family.base.version().into());
-        properties.insert(MARKER_DAEMON.into(), self.settings().daemon_id.clone());
-        properties.insert(MARKER_UPLOAD.into(), reservation.upload_id.clone());
-        let new_image = NewImage {
-            name: name.to_string(),
-            disk_format,
-            container_format: request.container_format,
-            visibility: request.visibility,
-            properties,
-        };
-        let glance = session.glance();
-        let created = glance
-            .create(&new_image)
-            .await
-            .map_err(ImageError::Upload)?;
-        reservation.set_image(&created.id);
-        tracing::info!(cloud = %cloud, image = %created.id, name = %name, size = source.size, "uploading");
-
-        let sent = match job.image_created(&cloud, &created.id).await {
-            Ok(()) => self.send_and_verify(&session, &created, source, job).await,
-            Err(err) => Err(err.into()),
-        };
-        let verified = match sent {
-            Ok(image) => image,
-            Err(err) => {
-                tracing::warn!(cloud = %cloud, image = %created.id, error = %err, "upload failed; deleting the image");
-                if let Err(delete_err) = glance.delete(&created.id).await {
-                    tracing::error!(
-                        cloud = %cloud, image = %created.id, error = %delete_err,
-                        "could not delete the failed upload; the reaper will retry"
-                    );
-                }
-                return Err(err);
-            }
-        };
-
-        job.advance(JobState::Pruning).await?;
-        let (pruned, prune_failed) = self
-            .prune_revisions(&session, &name, &verified.id, request.num_revisions)
-            .await;
-        tracing::info!(cloud = %cloud, image = %verified.id, name = %name, pruned = ?pruned, "upload verified");
-        Ok(UploadOutcome {
-            id: verified.id.clone(),
-            name: name.to_string(),
-            status: verified.status.to_string(),
-            size: verified.size.unwrap_or_default(),
-            checksum: verified.checksum.clone().unwrap_or_default(),
-            os_hash_algo: verified.os_hash_algo.clone().unwrap_or_default(),
-            os_hash_value: verified.os_hash_value.clone().unwrap_or_default(),
-            pruned,
-            prune_failed,
-            cloud,
-            upload_id: reservation.upload_id.clone(),
-        })
-    }
-
-    /// Streams the file into the image, waits until Glance calls it active, and
-    /// compares size and hashes. Any error leaves the image for the caller to delete.
-    async fn send_and_verify<R: JobRequest>(
-        &self,
-        session: &Session,
-        created: &Image,
-        source: SourceFile,
-        job: &JobTask<R>,
-    ) -> Result<Image, ImageError> {
-        let cloud = session.name().to_string();
-        let algo = created
-            .os_hash_algo
-            .as_deref()
-            .and_then(HashAlgo::parse)
-            .unwrap_or_else(|| self.hash_algo(&cloud));
-        let size = source.size;
-        let rehash_file = source.file.try_clone().ok();
-        // The job's `bytes_sent`: the bytes handed to the HTTP client.
-        let sent = job.bytes_sent().atomic();
-        let cancel = tokio_util::sync::CancellationToken::new();
-        // Whatever ends this function early (a stall, an error, a panic) stops the
-        // file reader too.
-        let _stop_reader = cancel.clone().drop_guard();
-        let (stream, digests) =
-            source::stream_with_digests(source, algo, sent.clone(), cancel.clone());
-        let glance = session.glance();
-        let upload = glance.upload_data(&created.id, size, reqwest::Body::wrap_stream(stream));
-        let clocks = UploadClocks {
-            stall: self.settings().upload_stall_timeout,
-            activation: self.settings().activation_timeout,
-        };
-        let last_byte = OnceLock::new();
-        let result = tokio::select! {
-            r = upload => r.map_err(ImageError::Upload),
-            end = activation::watch_upload(&sent, size, clocks, &last_byte) => {
-                Err(end.error(&cloud, &created.id, clocks))
-            }
-        };
-        // A file that changed under us explains a failed upload better than the
-        // connection error it caused, so the reader's verdict comes first.
-        if result.is_err() {
-            cancel.cancel();
-        }
-        let digests = match (result, digests.await) {
-            (_, Ok(Err(source))) if !matches!(source, SourceError::Abandoned) => {
-                return Err(ImageError::FileChanged { source })
-            }
-            (Err(err), _) => return Err(err),
-            (Ok(()), Ok(Ok(digests))) => digests,
-            (Ok(()), _) => {
-                return Err(ImageError::Internal(
-                    "the file reader ended without a result".into(),
-                ))
-            }
-        };
-
-        job.advance(JobState::Verifying).await?;
-        let since = last_byte
-            .get()
-            .copied()
-            .unwrap_or_else(tokio::time::Instant::now);
-        let image =
-            activation::wait_until_active(session, &created.id, since + clocks.activation, clocks)
-                .await?;
-        let mismatch = |detail: String| ImageError::Verification {
-            cloud: cloud.clone(),
-            image_id: created.id.clone(),
-            detail,
-        };
-        if image.size != Some(digests.size) {
-            return Err(mismatch(format!(
-                "Glance stored {:?} bytes, we sent {}",
-                image.size, digests.size
-            )));
-        }
-        if image.checksum.as_deref() != Some(digests.md5.as_str()) {
-            return Err(mismatch(format!(
-                "checksum (md5) is {:?}, the file's is {}",
-                image.checksum, digests.md5
-            )));
-        }
-        if let Some(value) = &image.os_hash_value {
-            let reported = image.os_hash_algo.as_deref().unwrap_or("");
-            let expected = if reported == digests.algo.name() {
-                digests.os_hash_value.clone()
-            } else {
-                // Glance uses another algorithm than we guessed: hash once more
-                // with it (rare: once per cloud, then remembered).
-                let other = HashAlgo::parse(reported)
-                    .ok_or_else(|| mismatch(format!("unsupported os_hash_algo '{reported}'")))?;
-                self.remember_hash_algo(&cloud, other);
-                let file =
-                    rehash_file.ok_or_else(|| mismatch("cannot re-read the file".to_string()))?;
-                tokio::task::spawn_blocking(move || source::hash_file(&file, other))
-                    .await
-                    .map_err(|e| ImageError::Internal(e.to_string()))?
-                    .map_err(|e| mismatch(format!("re-reading the file: {e}")))?
-            };
-            if value != &expected {
-                return Err(mismatch(format!(
-                    "os_hash_value ({reported}) is {value}, the file's is {expected}"
-                )));
-            }
-        }
-        Ok(image)
     }
 
     /// Deletes old revisions of `name` by [`prune::plan_prune`]. Failures do not fail

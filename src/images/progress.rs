@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Upload id → the Glance image id, once created.
-type Uploads = Arc<Mutex<HashMap<String, Option<String>>>>;
+/// Upload id → the Glance images it created (one per cloud).
+type Uploads = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
-fn lock(uploads: &Uploads) -> MutexGuard<'_, HashMap<String, Option<String>>> {
+fn lock(uploads: &Uploads) -> MutexGuard<'_, HashMap<String, Vec<String>>> {
     uploads.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -32,10 +32,10 @@ pub(crate) struct UploadReservation {
 }
 
 impl UploadReservation {
-    /// The upload created its image.
-    pub(crate) fn set_image(&self, image_id: &str) {
-        if let Some(slot) = lock(&self.uploads).get_mut(&self.upload_id) {
-            *slot = Some(image_id.to_string());
+    /// The upload created an image (in one of its clouds).
+    pub(crate) fn add_image(&self, image_id: &str) {
+        if let Some(images) = lock(&self.uploads).get_mut(&self.upload_id) {
+            images.push(image_id.to_string());
         }
     }
 }
@@ -53,7 +53,7 @@ impl InFlight {
         if uploads.contains_key(upload_id) {
             return Err(UploadIdInUse(upload_id.to_string()));
         }
-        uploads.insert(upload_id.to_string(), None);
+        uploads.insert(upload_id.to_string(), Vec::new());
         Ok(UploadReservation {
             uploads: self.uploads.clone(),
             upload_id: upload_id.to_string(),
@@ -64,7 +64,7 @@ impl InFlight {
     pub(crate) fn has_image(&self, image_id: &str) -> bool {
         lock(&self.uploads)
             .values()
-            .any(|image| image.as_deref() == Some(image_id))
+            .any(|images| images.iter().any(|id| id == image_id))
     }
 }
 
@@ -80,8 +80,9 @@ mod tests {
             in_flight.reserve("hook-1").unwrap_err(),
             UploadIdInUse("hook-1".into())
         );
-        first.set_image("img-1");
-        assert!(in_flight.has_image("img-1"));
+        first.add_image("img-1");
+        first.add_image("img-2");
+        assert!(in_flight.has_image("img-1") && in_flight.has_image("img-2"));
         let other = in_flight.reserve("hook-2").unwrap();
         drop(first);
         assert!(!in_flight.has_image("img-1"));

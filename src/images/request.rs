@@ -46,13 +46,69 @@ const CORE_ATTRIBUTES: &[&str] = &[
     "stores",
 ];
 
+/// The clouds an upload goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Targets {
+    /// `"cloud"` (or none: the default cloud): one cloud, the answer of one.
+    One(Option<String>),
+    /// `"clouds": [...]`: each named cloud, answered per cloud.
+    Several(Vec<String>),
+    /// `"clouds": ["*"]`: every configured cloud, answered per cloud.
+    Every,
+}
+
+impl Targets {
+    /// `cloud` and `clouds` as the request gives them.
+    fn parse(cloud: Option<String>, clouds: Option<Vec<String>>) -> Result<Targets, FieldError> {
+        let Some(clouds) = clouds else {
+            if cloud.as_deref() == Some("") {
+                return Err(FieldError::new("cloud", "must not be empty"));
+            }
+            return Ok(Targets::One(cloud));
+        };
+        if cloud.is_some() {
+            return Err(FieldError::new(
+                "clouds",
+                "give either 'cloud' or 'clouds', not both",
+            ));
+        }
+        if clouds == ["*"] {
+            return Ok(Targets::Every);
+        }
+        if clouds.is_empty() {
+            return Err(FieldError::new("clouds", "must name at least one cloud"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in &clouds {
+            if name.is_empty() {
+                return Err(FieldError::new("clouds", "a cloud name must not be empty"));
+            }
+            if name == "*" {
+                return Err(FieldError::new(
+                    "clouds",
+                    "'*' stands alone: [\"*\"] means every cloud",
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(FieldError::new(
+                    "clouds",
+                    format!("cloud '{name}' is listed twice"),
+                ));
+            }
+        }
+        Ok(Targets::Several(clouds))
+    }
+}
+
 /// A validated upload request.
 #[derive(Debug, Clone)]
 pub(crate) struct UploadRequest {
     pub(crate) family: ImageFamily,
     pub(crate) num_revisions: u32,
     pub(crate) src_path: PathBuf,
-    pub(crate) cloud: Option<String>,
+    pub(crate) targets: Targets,
+    /// Upload only where the newest image of the name holds other bytes.
+    pub(crate) skip_unchanged: bool,
     /// `None`: detected from the file (qcow2 or raw).
     pub(crate) disk_format: Option<DiskFormat>,
     pub(crate) container_format: ContainerFormat,
@@ -92,16 +148,13 @@ impl UploadRequest {
                 ));
             }
         }
-        if let Some(cloud) = &fields.cloud {
-            if cloud.is_empty() {
-                return Err(FieldError::new("cloud", "must not be empty"));
-            }
-        }
+        let targets = Targets::parse(fields.cloud, fields.clouds)?;
         Ok(UploadRequest {
             family,
             num_revisions: fields.num_revisions,
             src_path: fields.src_path,
-            cloud: fields.cloud,
+            targets,
+            skip_unchanged: fields.skip_unchanged,
             disk_format,
             container_format,
             visibility,
@@ -174,5 +227,43 @@ mod tests {
         let mut f = fields();
         f.visibility = Some("everyone".into());
         assert_eq!(UploadRequest::parse(f).unwrap_err().field, "visibility");
+    }
+
+    #[test]
+    fn clouds_name_one_or_several_or_every_cloud() {
+        let parse = |cloud: Option<&str>, clouds: Option<&[&str]>| {
+            let mut f = fields();
+            f.cloud = cloud.map(String::from);
+            f.clouds = clouds.map(|c| c.iter().map(|s| s.to_string()).collect());
+            UploadRequest::parse(f).map(|r| r.targets)
+        };
+        assert_eq!(parse(None, None).unwrap(), Targets::One(None));
+        assert_eq!(
+            parse(Some("a"), None).unwrap(),
+            Targets::One(Some("a".into()))
+        );
+        assert_eq!(parse(None, Some(&["*"])).unwrap(), Targets::Every);
+        assert_eq!(
+            parse(None, Some(&["a", "b"])).unwrap(),
+            Targets::Several(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            parse(None, Some(&["a"])).unwrap(),
+            Targets::Several(vec!["a".into()])
+        );
+        for (cloud, clouds, says) in [
+            (Some("a"), Some(&["b"][..]), "not both"),
+            (None, Some(&[][..]), "at least one"),
+            (None, Some(&["a", "a"][..]), "'a' is listed twice"),
+            (None, Some(&["a", "*"][..]), "stands alone"),
+            (None, Some(&[""][..]), "must not be empty"),
+            (Some(""), None, "must not be empty"),
+        ] {
+            let err = parse(cloud, clouds).unwrap_err();
+            assert!(
+                err.to_string().contains(says),
+                "{cloud:?} {clouds:?}: {err}"
+            );
+        }
     }
 }

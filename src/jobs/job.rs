@@ -381,18 +381,8 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// One cloud's `bytes_sent`, for a job of several clouds.
-    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub fn cloud_bytes_sent(&self, cloud: &str) -> Option<ByteCounter> {
         self.shared.cloud_bytes.get(cloud).cloned()
-    }
-
-    /// Sets `bytes_total` (the file's size, when it was not known at submission).
-    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
-    pub fn set_bytes_total(&self, total: u64) {
-        let _ = self.shared.update(|data| {
-            data.record.bytes_total = total;
-            Ok(())
-        });
     }
 
     /// Waits as `queued` for one of the `max_concurrent_uploads` slots, then moves
@@ -510,7 +500,6 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// Moves one cloud of a job of several clouds forward (not to a terminal state).
-    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn advance_cloud(&self, cloud: &str, next: JobState) -> Result<(), JobsError> {
         if next.is_terminal() {
             return Err(JobsError::IllegalTransition {
@@ -523,14 +512,12 @@ impl<R: JobRequest> JobTask<R> {
     }
 
     /// One cloud of a job of several clouds succeeded with `image_id`.
-    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn succeed_cloud(&self, cloud: &str, image_id: &str) -> Result<(), JobsError> {
         self.move_cloud(cloud, JobState::Succeeded, Some(image_id), None)
             .await
     }
 
     /// One cloud of a job of several clouds failed; the others go on.
-    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
     pub async fn fail_cloud(&self, cloud: &str, failure: JobFailure) -> Result<(), JobsError> {
         self.move_cloud(cloud, JobState::Failed, None, Some(failure))
             .await
@@ -538,9 +525,18 @@ impl<R: JobRequest> JobTask<R> {
 
     /// Ends a job of several clouds from its clouds' states: `succeeded` when every
     /// cloud succeeded, else `failed` with `upload_image_failed` naming the clouds
-    /// that did not (clouds still under way fail with it).
-    #[allow(dead_code, reason = "jobs of several clouds (issue #10) call it")]
-    pub async fn finish_from_clouds(self) -> Result<JobRecord<R>, JobsError> {
+    /// that did not (clouds still under way fail with it). `outcome` (every
+    /// cloud's result) is kept either way: [`JobHandle::outcome`].
+    pub async fn finish_from_clouds(
+        self,
+        outcome: Option<serde_json::Value>,
+    ) -> Result<JobRecord<R>, JobsError> {
+        if outcome.is_some() {
+            self.shared.update(|data| {
+                data.outcome = outcome;
+                Ok(())
+            })?;
+        }
         let failed: Vec<String> = {
             let data = lock(&self.shared.data);
             data.record

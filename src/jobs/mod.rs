@@ -63,10 +63,13 @@ pub struct NewJob<R> {
     /// with a retry's under the same key).
     pub request: R,
     pub idempotency_key: Option<IdempotencyKey>,
-    /// The file's size, when known (see [`JobTask::set_bytes_total`]).
+    /// The file's size.
     pub bytes_total: u64,
-    /// The clouds it goes to. With two or more, the record carries `clouds`.
+    /// The clouds it goes to.
     pub clouds: Vec<String>,
+    /// Whether the record carries per-cloud progress (`clouds`): a request
+    /// that named its clouds with `clouds`, even one.
+    pub per_cloud: bool,
 }
 
 /// The answer to [`Jobs::submit`].
@@ -326,7 +329,7 @@ impl<R: JobRequest> Jobs<R> {
             return Err(JobsError::ShuttingDown);
         }
         let now = Utc::now();
-        let clouds = (new.clouds.len() > 1).then(|| {
+        let clouds = new.per_cloud.then(|| {
             new.clouds
                 .iter()
                 .map(|name| {

@@ -47,6 +47,7 @@ fn new_job(app_name: &str, key: Option<&str>) -> NewJob<Upload> {
         idempotency_key: key.map(|k| k.parse().unwrap()),
         bytes_total: 1000,
         clouds: vec!["one".into()],
+        per_cloud: false,
     }
 }
 
@@ -274,6 +275,7 @@ async fn a_job_of_several_clouds_keeps_each_clouds_progress_and_succeeded_clouds
     let (jobs, _) = open(dir.path(), 2);
     let mut new = new_job("runner", None);
     new.clouds = vec!["a".into(), "b".into()];
+    new.per_cloud = true;
     let task = jobs.submit(new).await.unwrap().task.unwrap();
     let _slot = task.acquire_slot().await.unwrap();
     task.cloud_bytes_sent("a").unwrap().add(1000);
@@ -320,6 +322,7 @@ async fn a_job_of_several_clouds_succeeds_only_when_every_cloud_did() {
     for (b_fails, expected) in [(false, JobState::Succeeded), (true, JobState::Failed)] {
         let mut new = new_job("runner", None);
         new.clouds = vec!["a".into(), "b".into()];
+        new.per_cloud = true;
         let task = jobs.submit(new).await.unwrap().task.unwrap();
         task.succeed_cloud("a", "img-a").await.unwrap();
         if b_fails {
@@ -328,7 +331,7 @@ async fn a_job_of_several_clouds_succeeds_only_when_every_cloud_did() {
         } else {
             task.succeed_cloud("b", "img-b").await.unwrap();
         }
-        let record = task.finish_from_clouds().await.unwrap();
+        let record = task.finish_from_clouds(None).await.unwrap();
         assert_eq!(record.state, expected);
         if b_fails {
             let error = record.error.unwrap();

@@ -1,0 +1,406 @@
+//! The stages' work in each cloud: every stage runs its clouds side by side and
+//! moves each [`CloudRun`] on, or fails it (its image deleted, its error kept).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, OnceLock};
+
+use futures_util::future::join_all;
+use tokio::time::Instant;
+
+use super::reader::{self, Digests, Flow, SinkBody};
+use super::verify::{self, Mismatch};
+use super::{CloudRun, Stage, Upload};
+use crate::images::activation;
+use crate::images::names::FieldError;
+use crate::images::progress::UploadReservation;
+use crate::images::source::{HashAlgo, SourceError, SourceFile};
+use crate::images::{ImageError, UploadOutcome, MARKER_DAEMON, MARKER_UPLOAD};
+use crate::jobs::{JobRequest, JobState, JobsError};
+use crate::openstack::glance::{Image, NewImage};
+use crate::openstack::session::Session;
+
+/// Several clouds of one request, each authenticated: two that reach the same
+/// Glance project (image endpoint and project id) are refused, naming both, as
+/// they would prune each other's new image. A cloud that cannot authenticate
+/// now keeps its error (it fails alone; it uploads nothing, so it prunes nothing).
+pub(super) async fn distinct_projects(
+    sessions: Vec<Arc<Session>>,
+) -> Result<Vec<(Arc<Session>, Option<ImageError>)>, ImageError> {
+    let auths = join_all(sessions.iter().map(|s| s.authenticated())).await;
+    let mut seen: HashMap<(String, String), &str> = HashMap::new();
+    let mut clouds = Vec::with_capacity(sessions.len());
+    for (session, auth) in sessions.iter().zip(auths) {
+        match auth {
+            Ok(auth) => {
+                let endpoint = auth
+                    .image_endpoint
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_string();
+                let key = (endpoint, auth.owner.clone());
+                if let Some(other) = seen.insert(key.clone(), session.name()) {
+                    return Err(ImageError::Invalid(FieldError::new(
+                        "clouds",
+                        format!(
+                            "clouds '{other}' and '{}' reach the same Glance project ({} at {}): \
+                             they would prune each other's new image",
+                            session.name(),
+                            key.1,
+                            key.0
+                        ),
+                    )));
+                }
+                clouds.push((session.clone(), None));
+            }
+            Err(err) => clouds.push((session.clone(), Some(ImageError::Upload(err)))),
+        }
+    }
+    Ok(clouds)
+}
+
+impl<R: JobRequest> Upload<'_, R> {
+    /// `skip_unchanged`: the newest active image of the name in each cloud, the
+    /// file hashed once with every algorithm they use; a cloud whose image holds
+    /// the same bytes is done (`unchanged`), with nothing uploaded or pruned.
+    pub(super) async fn skip_unchanged(
+        &self,
+        runs: &mut [CloudRun],
+        source: SourceFile,
+    ) -> Result<SourceFile, ImageError> {
+        let name = self.name.as_str();
+        let newest = join_all(runs.iter().map(|run| async move {
+            if !run.is_live() {
+                return None;
+            }
+            Some(run.session.glance().latest_active(name).await)
+        }))
+        .await;
+        let mut algos: Vec<HashAlgo> = runs
+            .iter()
+            .map(|r| self.service.hash_algo(r.cloud()))
+            .collect();
+        algos.extend(
+            newest
+                .iter()
+                .flatten()
+                .flatten()
+                .flatten()
+                .filter_map(|image| image.os_hash_algo.as_deref().and_then(HashAlgo::parse)),
+        );
+        let (source, digests) = tokio::task::spawn_blocking(move || {
+            let mut source = source;
+            let digests = reader::hash_source(&mut source, &algos);
+            (source, digests)
+        })
+        .await
+        .map_err(|e| ImageError::Internal(format!("hashing the file: {e}")))?;
+        let digests = digests.map_err(|source| ImageError::FileChanged { source })?;
+        for (run, newest) in runs.iter_mut().zip(newest) {
+            let Some(newest) = newest else { continue };
+            match newest {
+                Err(err) => self.fail(run, ImageError::Get(err)).await,
+                Ok(Some(image)) if verify::unchanged(&image, &digests) == Ok(true) => {
+                    tracing::info!(cloud = %run.cloud(), image = %image.id, "unchanged: nothing to upload");
+                    self.report.cloud_succeeded(run.cloud(), &image.id).await?;
+                    run.stage =
+                        Stage::Done(self.answer(run.cloud(), &image, Vec::new(), Vec::new(), true));
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(source)
+    }
+
+    /// Creates the image in each cloud still waiting.
+    pub(super) async fn create(
+        &self,
+        runs: &mut [CloudRun],
+        reservation: &UploadReservation,
+    ) -> Result<(), ImageError> {
+        let new_image = self.new_image(reservation);
+        let created = join_all(runs.iter().map(|run| async {
+            if !matches!(run.stage, Stage::Waiting) {
+                return None;
+            }
+            Some(run.session.glance().create(&new_image).await)
+        }))
+        .await;
+        for (run, created) in runs.iter_mut().zip(created) {
+            match created {
+                None => {}
+                Some(Err(err)) => self.fail(run, ImageError::Upload(err)).await,
+                Some(Ok(image)) => {
+                    reservation.add_image(&image.id);
+                    tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, "uploading");
+                    let id = image.id.clone();
+                    run.stage = Stage::Created(image);
+                    // Recorded at once: after a crash, the restarted daemon deletes it.
+                    self.report.image_created(run.cloud(), &id).await?;
+                    self.report
+                        .cloud_stage(run.cloud(), JobState::Uploading)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_image(&self, reservation: &UploadReservation) -> NewImage {
+        let request = self.request;
+        let mut properties = request.properties.clone();
+        let family = &request.family;
+        properties.insert(
+            "architecture".into(),
+            family.arch.glance_architecture().into(),
+        );
+        properties.insert("os_distro".into(), "ubuntu".into());
+        properties.insert("os_version".into(), family.base.version().into());
+        properties.insert(MARKER_DAEMON.into(), self.settings.daemon_id.clone());
+        properties.insert(MARKER_UPLOAD.into(), reservation.upload_id.clone());
+        NewImage {
+            name: self.name.to_string(),
+            disk_format: request.disk_format.unwrap_or(self.detected_format),
+            container_format: request.container_format,
+            visibility: request.visibility,
+            properties,
+        }
+    }
+
+    /// Reads the file once into every created image. Returns the digests of
+    /// what was read (`None` when no cloud was left to send to) and a handle to
+    /// hash the file again with an algorithm a cloud turns out to use.
+    pub(super) async fn stream(
+        &self,
+        runs: &mut [CloudRun],
+        source: SourceFile,
+    ) -> Result<Option<(Digests, Option<File>)>, ImageError> {
+        let mut live: Vec<&mut CloudRun> = runs
+            .iter_mut()
+            .filter(|r| matches!(r.stage, Stage::Created(_)))
+            .collect();
+        if live.is_empty() {
+            return Ok(None);
+        }
+        let size = source.size;
+        let rehash = source.file.try_clone().ok();
+        let mut algos = Vec::new();
+        let mut sinks = Vec::new();
+        let mut bodies = Vec::new();
+        for run in &live {
+            let Stage::Created(image) = &run.stage else {
+                continue;
+            };
+            algos.push(
+                image
+                    .os_hash_algo
+                    .as_deref()
+                    .and_then(HashAlgo::parse)
+                    .unwrap_or_else(|| self.service.hash_algo(run.cloud())),
+            );
+            let flow = self.report.flow(run.cloud());
+            let (sink, body) = reader::sink(run.cloud(), &flow);
+            sinks.push(sink);
+            bodies.push((body, flow));
+        }
+        let digests = reader::spawn_reader(source, algos, sinks, self.report.read_counter());
+        let sent = join_all(
+            live.iter()
+                .zip(bodies)
+                .map(|(run, (body, flow))| async move {
+                    match &run.stage {
+                        Stage::Created(image) => {
+                            self.send(&run.session, image, size, body, flow).await
+                        }
+                        _ => Err(ImageError::Internal(
+                            "streaming to a cloud without an image".into(),
+                        )),
+                    }
+                }),
+        )
+        .await;
+        let digests = digests.await;
+        for (run, sent) in live.iter_mut().zip(sent) {
+            let run: &mut CloudRun = run;
+            match (&digests, sent) {
+                // A file that changed under us explains a failed upload better
+                // than the connection error it caused: the reader's verdict first.
+                (Ok(Err(source)), _) if !matches!(source, SourceError::Abandoned) => {
+                    let err = ImageError::FileChanged {
+                        source: source.clone(),
+                    };
+                    self.fail(run, err).await
+                }
+                (_, Err(err)) => self.fail(run, err).await,
+                (Ok(Ok(_)), Ok(last_byte)) => {
+                    if let Stage::Created(image) = std::mem::replace(&mut run.stage, Stage::Waiting)
+                    {
+                        run.stage = Stage::Sent { image, last_byte };
+                    }
+                }
+                (_, Ok(_)) => {
+                    let err = ImageError::Internal("the file reader ended without a result".into());
+                    self.fail(run, err).await
+                }
+            }
+        }
+        Ok(digests.ok().and_then(Result::ok).map(|d| (d, rehash)))
+    }
+
+    /// Streams one body into one image, under the two clocks of
+    /// [`activation::watch_upload`]; the moment of the last byte on success.
+    async fn send(
+        &self,
+        session: &Session,
+        image: &Image,
+        size: u64,
+        body: SinkBody,
+        flow: Flow,
+    ) -> Result<Instant, ImageError> {
+        let give_up = body.canceller();
+        let glance = session.glance();
+        let upload = glance.upload_data(
+            &image.id,
+            size,
+            reqwest::Body::wrap_stream(body.into_stream()),
+        );
+        let last_byte = OnceLock::new();
+        let result = tokio::select! {
+            r = upload => r.map_err(ImageError::Upload),
+            end = activation::watch_upload(&flow, size, self.clocks, &last_byte) => {
+                Err(end.error(session.name(), &image.id, self.clocks))
+            }
+        };
+        if result.is_err() {
+            // The reader drops this cloud, even if the HTTP client keeps the body.
+            give_up.cancel();
+        }
+        result.map(|()| last_byte.get().copied().unwrap_or_else(Instant::now))
+    }
+
+    /// Waits until each sent image is active and checks it holds the file's bytes.
+    pub(super) async fn verify(
+        &self,
+        runs: &mut [CloudRun],
+        digests: &Digests,
+        rehash: Option<&File>,
+    ) -> Result<(), ImageError> {
+        let checked = join_all(runs.iter().map(|run| async move {
+            let Stage::Sent { image, last_byte } = &run.stage else {
+                return Ok(None);
+            };
+            self.report
+                .cloud_stage(run.cloud(), JobState::Verifying)
+                .await?;
+            let verified = self.verify_one(&run.session, image, *last_byte, digests, rehash);
+            Ok::<_, JobsError>(Some(verified.await))
+        }))
+        .await;
+        for (run, checked) in runs.iter_mut().zip(checked) {
+            match checked? {
+                None => {}
+                Some(Ok(image)) => run.stage = Stage::Verified(image),
+                Some(Err(err)) => self.fail(run, err).await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify_one(
+        &self,
+        session: &Session,
+        sent: &Image,
+        last_byte: Instant,
+        digests: &Digests,
+        rehash: Option<&File>,
+    ) -> Result<Image, ImageError> {
+        let deadline = last_byte + self.clocks.activation;
+        let image = activation::wait_until_active(session, &sent.id, deadline, self.clocks).await?;
+        let mismatch = |detail: String| ImageError::Verification {
+            cloud: session.name().to_string(),
+            image_id: sent.id.clone(),
+            detail,
+        };
+        let mut digests = std::borrow::Cow::Borrowed(digests);
+        loop {
+            match verify::verify(&image, &digests) {
+                Ok(()) => return Ok(image),
+                Err(Mismatch::NotComputed(algo)) => {
+                    // Glance uses another algorithm than we guessed: hash once
+                    // more with it (rare: once per cloud, then remembered).
+                    self.service.remember_hash_algo(session.name(), algo);
+                    let file = rehash
+                        .and_then(|f| f.try_clone().ok())
+                        .ok_or_else(|| mismatch("cannot re-read the file".to_string()))?;
+                    let value = tokio::task::spawn_blocking(move || reader::hash_file(&file, algo))
+                        .await
+                        .map_err(|e| ImageError::Internal(e.to_string()))?
+                        .map_err(|e| mismatch(format!("re-reading the file: {e}")))?;
+                    digests.to_mut().add_os_hash(algo, value);
+                }
+                Err(other) => return Err(mismatch(other.to_string())),
+            }
+        }
+    }
+
+    /// Prunes the old revisions in each verified cloud; the cloud is then done.
+    pub(super) async fn prune(&self, runs: &mut [CloudRun]) -> Result<(), ImageError> {
+        let pruned = join_all(runs.iter().map(|run| async move {
+            let Stage::Verified(image) = &run.stage else {
+                return None;
+            };
+            let report = self
+                .report
+                .cloud_stage(run.cloud(), JobState::Pruning)
+                .await;
+            let pruned = self
+                .service
+                .prune_revisions(
+                    &run.session,
+                    &self.name,
+                    &image.id,
+                    self.request.num_revisions,
+                )
+                .await;
+            Some((report, pruned))
+        }))
+        .await;
+        for (run, pruned) in runs.iter_mut().zip(pruned) {
+            let Some((report, (pruned, prune_failed))) = pruned else {
+                continue;
+            };
+            report?;
+            let Stage::Verified(image) = std::mem::replace(&mut run.stage, Stage::Waiting) else {
+                continue;
+            };
+            tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, pruned = ?pruned, "upload verified");
+            self.report.cloud_succeeded(run.cloud(), &image.id).await?;
+            run.stage = Stage::Done(self.answer(run.cloud(), &image, pruned, prune_failed, false));
+        }
+        Ok(())
+    }
+
+    fn answer(
+        &self,
+        cloud: &str,
+        image: &Image,
+        pruned: Vec<String>,
+        prune_failed: Vec<crate::images::PruneFailure>,
+        unchanged: bool,
+    ) -> UploadOutcome {
+        UploadOutcome {
+            id: image.id.clone(),
+            name: self.name.to_string(),
+            status: image.status.to_string(),
+            size: image.size.unwrap_or_default(),
+            checksum: image.checksum.clone().unwrap_or_default(),
+            os_hash_algo: image.os_hash_algo.clone().unwrap_or_default(),
+            os_hash_value: image.os_hash_value.clone().unwrap_or_default(),
+            pruned,
+            prune_failed,
+            cloud: cloud.to_string(),
+            upload_id: self.upload_id.to_string(),
+            unchanged,
+        }
+    }
+}

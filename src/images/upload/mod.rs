@@ -1,0 +1,313 @@
+//! An upload, as stages a reader can follow:
+//!
+//! 1. **open** ([`ImageService::prepare`]): the file judged and opened as one
+//!    step, the clouds looked up (and, for several, checked not to share a
+//!    Glance project), before a job exists;
+//! 2. **queue**: the name's lock in every cloud, then an upload slot;
+//! 3. **skip** (`skip_unchanged` only): the file hashed first; a cloud whose
+//!    newest image of the name has the same bytes is done;
+//! 4. **create** the image in each cloud;
+//! 5. **stream**: one read of the file ([`reader`]), each block to every cloud;
+//! 6. **verify**: each image active and holding the file's bytes ([`verify`]);
+//! 7. **prune** the old revisions in each cloud.
+//!
+//! Each cloud goes through the stages on its own: one cloud's failure (a stall,
+//! a 5xx, a mismatch, a quota) deletes that cloud's image and drops it, and the
+//! others go on. The per-cloud work of a stage is in [`cloud`].
+
+mod cloud;
+pub(crate) mod reader;
+mod report;
+pub(crate) mod verify;
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::activation::UploadClocks;
+use super::names::ImageName;
+use super::progress::UploadReservation;
+use super::request::{Targets, UploadRequest};
+use super::source::SourceFile;
+use super::{ImageError, ImageService, ImageSettings, UploadOutcome};
+use crate::jobs::{JobFailure, JobRequest, JobState, JobTask};
+use crate::openstack::glance::{DiskFormat, Image};
+use crate::openstack::session::Session;
+use report::Report;
+
+/// An upload whose request, file and clouds were checked (the request's errors
+/// are answered before a job exists), ready to run as a job.
+#[derive(Debug)]
+pub(crate) struct PreparedUpload {
+    request: UploadRequest,
+    /// Opened where it was judged: the file read is the file judged.
+    source: SourceFile,
+    /// The clouds, in the request's order; a cloud that could not authenticate
+    /// when several were checked carries its error.
+    clouds: Vec<(Arc<Session>, Option<ImageError>)>,
+    /// The upload id (the image's marker), held until the upload ends.
+    reservation: UploadReservation,
+}
+
+impl PreparedUpload {
+    /// The file's size.
+    pub(crate) fn size(&self) -> u64 {
+        self.source.size
+    }
+
+    /// The clouds it goes to, in the request's order.
+    pub(crate) fn clouds(&self) -> Vec<String> {
+        self.clouds
+            .iter()
+            .map(|(s, _)| s.name().to_string())
+            .collect()
+    }
+
+    /// Whether the request named its clouds with `clouds` (the answer and the
+    /// job are then per cloud, even for one).
+    pub(crate) fn per_cloud(&self) -> bool {
+        !matches!(self.request.targets, Targets::One(_))
+    }
+
+    /// The request it came from.
+    pub(crate) fn request(&self) -> &UploadRequest {
+        &self.request
+    }
+}
+
+/// What happened in one cloud.
+pub(crate) type CloudOutcome = (String, Result<UploadOutcome, ImageError>);
+
+/// One cloud of an upload, as it goes through the stages.
+#[derive(Debug)]
+struct CloudRun {
+    session: Arc<Session>,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Not created yet.
+    Waiting,
+    Created(Image),
+    /// Every byte sent and answered; the activation clock runs from `last_byte`.
+    Sent {
+        image: Image,
+        last_byte: Instant,
+    },
+    Verified(Image),
+    Done(UploadOutcome),
+    Failed(ImageError),
+}
+
+impl CloudRun {
+    fn cloud(&self) -> &str {
+        self.session.name()
+    }
+
+    /// The image this upload made and has not finished with.
+    fn unfinished_image(&self) -> Option<&str> {
+        match &self.stage {
+            Stage::Created(image) | Stage::Sent { image, .. } | Stage::Verified(image) => {
+                Some(&image.id)
+            }
+            _ => None,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        !matches!(self.stage, Stage::Done(_) | Stage::Failed(_))
+    }
+}
+
+/// What every stage of one upload shares.
+struct Upload<'a, R: JobRequest> {
+    service: &'a ImageService,
+    settings: Arc<ImageSettings>,
+    request: &'a UploadRequest,
+    name: ImageName,
+    upload_id: &'a str,
+    /// The disk format the file's first bytes say (when the request gives none).
+    detected_format: DiskFormat,
+    clocks: UploadClocks,
+    report: Report<'a, R>,
+}
+
+impl ImageService {
+    /// Checks what can be checked before an upload becomes a job: where the file
+    /// is (first: `path_not_allowed`), that it is a regular file, the clouds,
+    /// that several clouds do not reach one Glance project, and that `upload_id`
+    /// (an `X-Request-Id`) is not used by an upload under way.
+    pub(crate) async fn prepare(
+        &self,
+        request: UploadRequest,
+        upload_id: &str,
+    ) -> Result<PreparedUpload, ImageError> {
+        let source = self.open_source(&request.src_path).await?;
+        let sessions = match &request.targets {
+            Targets::One(name) => vec![self.clouds.session(name.as_deref())?],
+            Targets::Several(names) => names
+                .iter()
+                .map(|n| self.clouds.session(Some(n)))
+                .collect::<Result<_, _>>()?,
+            Targets::Every => {
+                let all = self.clouds.sessions();
+                if all.is_empty() {
+                    // The registry's own "no clouds" error, with its advice.
+                    self.clouds.session(None)?;
+                }
+                all
+            }
+        };
+        let clouds = match request.targets {
+            Targets::One(_) => sessions.into_iter().map(|s| (s, None)).collect(),
+            _ => cloud::distinct_projects(sessions).await?,
+        };
+        let reservation = self.in_flight.reserve(upload_id)?;
+        Ok(PreparedUpload {
+            request,
+            source,
+            clouds,
+            reservation,
+        })
+    }
+
+    /// Runs a prepared upload as `job` (see the module for the stages): every
+    /// cloud's outcome in the request's order, or the error that ended the whole
+    /// job (a stop). Per cloud, a failure leaves no image behind (the reaper
+    /// retries a failed delete). `to_failure` says what a failed cloud records.
+    pub(crate) async fn run_job<R: JobRequest>(
+        &self,
+        prepared: PreparedUpload,
+        job: &JobTask<R>,
+        to_failure: &(dyn Fn(&ImageError) -> JobFailure + Sync),
+    ) -> Result<Vec<CloudOutcome>, ImageError> {
+        let per_cloud = prepared.per_cloud();
+        let PreparedUpload {
+            request,
+            source,
+            clouds,
+            reservation,
+        } = prepared;
+        let settings = self.settings();
+        let upload = Upload {
+            service: self,
+            name: request.family.image_name(&settings.template),
+            clocks: UploadClocks {
+                stall: settings.upload_stall_timeout,
+                activation: settings.activation_timeout,
+            },
+            settings,
+            request: &request,
+            upload_id: &reservation.upload_id,
+            detected_format: source.detect_disk_format(),
+            report: Report::new(job, per_cloud, to_failure),
+        };
+        let mut runs = Vec::new();
+        for (session, refused) in clouds {
+            let stage = match refused {
+                Some(err) => {
+                    upload.report.cloud_failed(session.name(), &err).await?;
+                    Stage::Failed(err)
+                }
+                None => Stage::Waiting,
+            };
+            runs.push(CloudRun { session, stage });
+        }
+        let ended = upload.run_stages(&mut runs, source, &reservation).await;
+        upload.clean_up(&mut runs, ended.as_ref().err()).await;
+        ended?;
+        Ok(runs
+            .into_iter()
+            .map(|run| {
+                let cloud = run.cloud().to_string();
+                let result = match run.stage {
+                    Stage::Done(answer) => Ok(answer),
+                    Stage::Failed(err) => Err(err),
+                    _ => Err(ImageError::Internal(format!(
+                        "cloud '{cloud}': the upload ended before its last stage"
+                    ))),
+                };
+                (cloud, result)
+            })
+            .collect())
+    }
+}
+
+impl<R: JobRequest> Upload<'_, R> {
+    /// The stages after open, in order; an error ends the whole job.
+    async fn run_stages(
+        &self,
+        runs: &mut [CloudRun],
+        mut source: SourceFile,
+        reservation: &UploadReservation,
+    ) -> Result<(), ImageError> {
+        // The name's lock in each cloud (in one order, so two uploads never wait
+        // for each other), then a slot: both waits show as `queued`.
+        let locks = self.lock_names(runs);
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            guards.push(lock.lock().await);
+        }
+        let _slot = self.report.job.acquire_slot().await?;
+        if self.request.skip_unchanged {
+            source = self.skip_unchanged(runs, source).await?;
+        }
+        self.create(runs, reservation).await?;
+        let streamed = self.stream(runs, source).await?;
+        self.report.job_stage(JobState::Verifying).await?;
+        if let Some((digests, rehash)) = &streamed {
+            self.verify(runs, digests, rehash.as_ref()).await?;
+        }
+        self.report.job_stage(JobState::Pruning).await?;
+        self.prune(runs).await?;
+        Ok(())
+    }
+
+    fn lock_names(&self, runs: &[CloudRun]) -> Vec<super::NameLock> {
+        let mut clouds: Vec<&str> = runs
+            .iter()
+            .filter(|r| r.is_live())
+            .map(|r| r.cloud())
+            .collect();
+        clouds.sort_unstable();
+        clouds.dedup();
+        clouds
+            .into_iter()
+            .map(|cloud| self.service.lock_for(cloud, &self.name))
+            .collect()
+    }
+
+    /// Every image still unfinished when the stages ended (a stop, a bug) is
+    /// deleted, and its cloud failed with `ended`'s error.
+    async fn clean_up(&self, runs: &mut [CloudRun], ended: Option<&ImageError>) {
+        for run in runs.iter_mut() {
+            if run.unfinished_image().is_some() || (ended.is_some() && run.is_live()) {
+                let err = ImageError::Internal(match ended {
+                    Some(err) => format!("the upload was cut off: {err}"),
+                    None => "the upload ended before its last stage".to_string(),
+                });
+                self.fail(run, err).await;
+            }
+        }
+    }
+
+    /// Fails one cloud: deletes its image (if it made one), records the failure.
+    async fn fail(&self, run: &mut CloudRun, err: ImageError) {
+        let cloud = run.cloud().to_string();
+        if let Some(id) = run.unfinished_image() {
+            tracing::warn!(cloud = %cloud, image = %id, error = %err, "upload failed; deleting the image");
+            if let Err(delete_err) = run.session.glance().delete(id).await {
+                tracing::error!(
+                    cloud = %cloud, image = %id, error = %delete_err,
+                    "could not delete the failed upload; the reaper will retry"
+                );
+            }
+        } else {
+            tracing::warn!(cloud = %cloud, error = %err, "upload failed");
+        }
+        // A job a stop ended keeps what the stop recorded.
+        let _ = self.report.cloud_failed(&cloud, &err).await;
+        run.stage = Stage::Failed(err);
+    }
+}
