@@ -253,12 +253,7 @@ async fn run_controlled(
     let leftovers = std::mem::take(&mut app.recovery.images_to_delete);
     app.state.images.delete_leftovers(leftovers);
     let mut reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
-    let retention = tokio::spawn(
-        app.state
-            .jobs
-            .clone()
-            .run_retention(retention_interval(&config)),
-    );
+    let retention = tokio::spawn(app.state.jobs.clone().run_retention());
     let routes = router(app.state.clone());
     tracing::info!(
         listen = %listener.describe(),
@@ -394,15 +389,6 @@ fn reload_signal() -> std::io::Result<mpsc::Receiver<()>> {
         }
     });
     Ok(rx)
-}
-
-/// How often jobs past `job_retention` are forgotten: a tenth of it, between a
-/// second and an hour.
-fn retention_interval(config: &Config) -> std::time::Duration {
-    (config.job_retention / 10).clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(3600),
-    )
 }
 
 /// A future that resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The

@@ -7,7 +7,8 @@
 //!   token; added ones authenticate; removed ones leave `/v1/status` (uploads under
 //!   way on them hold their session and finish). A broken file is refused and the
 //!   clouds in force stay.
-//! - Applied at once: `reaper_interval`, `shutdown_grace`. Every other key is held
+//! - Applied at once: `reaper_interval`, `shutdown_grace`, `max_concurrent_uploads`
+//!   (fewer slots are taken back as uploads end), `job_retention`. Every other key is held
 //!   by something built at start-up (the listener, the state dir, the API token,
 //!   the image service's settings): a change is logged as ignored until a restart.
 
@@ -41,6 +42,13 @@ pub(super) async fn reload(
                 current.reaper_interval = new.reaper_interval;
             }
             current.shutdown_grace = new.shutdown_grace;
+            let jobs = crate::jobs::JobSettings {
+                max_concurrent_uploads: new.max_concurrent_uploads,
+                job_retention: new.job_retention,
+            };
+            app.state.jobs.replace_settings(jobs);
+            current.max_concurrent_uploads = new.max_concurrent_uploads;
+            current.job_retention = new.job_retention;
         }
     }
     let line = crate::systemd::Activity::of(&app.state, &app.shutdown).line();
@@ -112,14 +120,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         upload_stall_timeout,
         allow_non_loopback,
         log_format,
-        max_concurrent_uploads,
-        job_retention,
         activation_timeout,
     );
     // A key added to Config later and not listed above still gets reported.
     let applied = Config {
         reaper_interval: old.reaper_interval,
         shutdown_grace: old.shutdown_grace,
+        max_concurrent_uploads: old.max_concurrent_uploads,
+        job_retention: old.job_retention,
         ..new.clone()
     };
     if keys.is_empty() && applied != *old {
