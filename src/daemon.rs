@@ -18,8 +18,9 @@ use crate::config::{Config, ConfigError, Listen};
 use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
 use crate::jobs::{JobRequest, JobSettings, Jobs, JobsError, Recovery};
-use crate::openstack::registry::{CloudRegistry, RegistryError};
+use crate::openstack::registry::{CloudRegistry, RegistryError, RegistrySettings};
 use crate::runtime::{prepare_runtime, RuntimeError};
+use crate::secret::ApiToken;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +112,7 @@ fn load_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), DaemonError> {
         Some(path) => Ok((CloudsFile::load(Some(path))?, path.clone())),
         None => match CloudsFile::load(None) {
             Ok(file) => {
-                let target = file
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| config.state_dir.join("clouds.yaml"));
+                let target = put_target(config, &file);
                 Ok((file, target))
             }
             Err(CloudsError::NotFound { .. }) => {
@@ -126,6 +124,34 @@ fn load_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), DaemonError> {
             }
             Err(other) => Err(other.into()),
         },
+    }
+}
+
+/// Where `PUT /v1/clouds` writes when `clouds_yaml` is `null`: the file the
+/// search path found.
+fn put_target(config: &Config, file: &CloudsFile) -> PathBuf {
+    file.path
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("clouds.yaml"))
+}
+
+/// The image service's settings by `config` (start-up and reload).
+fn image_settings(config: &Config, daemon_id: String, upload_dirs: Vec<PathBuf>) -> ImageSettings {
+    ImageSettings {
+        template: config.image_name_template.clone(),
+        stale_upload_age: config.stale_upload_age,
+        upload_stall_timeout: config.upload_stall_timeout,
+        activation_timeout: config.activation_timeout,
+        daemon_id,
+        upload_dirs,
+    }
+}
+
+/// The job store's settings by `config` (start-up and reload).
+fn job_settings(config: &Config) -> JobSettings {
+    JobSettings {
+        max_concurrent_uploads: config.max_concurrent_uploads,
+        job_retention: config.job_retention,
     }
 }
 
@@ -146,33 +172,19 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
     let runtime = prepare_runtime(config)?;
     let (clouds_file, target) = load_clouds(config)?;
     let os_cloud = std::env::var("OS_CLOUD").ok().filter(|s| !s.is_empty());
-    let clouds = Arc::new(CloudRegistry::new(
-        &clouds_file,
-        config.token_refresh_margin,
-        config.default_cloud.clone(),
-        os_cloud,
+    let registry = RegistrySettings {
+        margin: config.token_refresh_margin,
+        configured_default: config.default_cloud.clone(),
         target,
-    )?);
+    };
+    let clouds = Arc::new(CloudRegistry::new(&clouds_file, registry, os_cloud)?);
     let shutdown = Shutdown::new();
     let images = ImageService::new(
-        ImageSettings {
-            template: config.image_name_template.clone(),
-            stale_upload_age: config.stale_upload_age,
-            upload_stall_timeout: config.upload_stall_timeout,
-            activation_timeout: config.activation_timeout,
-            daemon_id: runtime.daemon_id.clone(),
-            upload_dirs: runtime.upload_dirs.clone(),
-        },
+        image_settings(config, runtime.daemon_id, runtime.upload_dirs),
         clouds.clone(),
         shutdown.clone(),
     );
-    let (jobs, recovery) = Jobs::open(
-        &config.state_dir,
-        JobSettings {
-            max_concurrent_uploads: config.max_concurrent_uploads,
-            job_retention: config.job_retention,
-        },
-    )?;
+    let (jobs, recovery) = Jobs::open(&config.state_dir, job_settings(config))?;
     if !recovery.interrupted.is_empty() || !recovery.moved_aside.is_empty() {
         tracing::warn!(
             interrupted = recovery.interrupted.len(),
@@ -187,7 +199,7 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
         state: AppState {
             images,
             clouds,
-            api_token: Arc::new(runtime.api_token),
+            api_token: Arc::new(ApiToken::new(runtime.api_token)),
             jobs,
         },
         reaper_interval: config.reaper_interval,
@@ -253,12 +265,7 @@ async fn run_controlled(
     let leftovers = std::mem::take(&mut app.recovery.images_to_delete);
     app.state.images.delete_leftovers(leftovers);
     let mut reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
-    let retention = tokio::spawn(
-        app.state
-            .jobs
-            .clone()
-            .run_retention(retention_interval(&config)),
-    );
+    let retention = tokio::spawn(app.state.jobs.clone().run_retention());
     let routes = router(app.state.clone());
     tracing::info!(
         listen = %listener.describe(),
@@ -394,15 +401,6 @@ fn reload_signal() -> std::io::Result<mpsc::Receiver<()>> {
         }
     });
     Ok(rx)
-}
-
-/// How often jobs past `job_retention` are forgotten: a tenth of it, between a
-/// second and an hour.
-fn retention_interval(config: &Config) -> std::time::Duration {
-    (config.job_retention / 10).clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(3600),
-    )
 }
 
 /// A future that resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The

@@ -86,18 +86,33 @@ pub(crate) fn prepare_runtime(config: &Config) -> Result<RuntimeFiles, RuntimeEr
     ensure_private_dir("state_dir", &config.state_dir)?;
     let api_token = api_token_or_create(&config.api_token_file)?;
     let daemon_id = daemon_id_or_create(&config.state_dir.join(DAEMON_ID_FILE))?;
-    let mut upload_dirs: Vec<PathBuf> = Vec::with_capacity(config.upload_dirs.len());
-    for dir in &config.upload_dirs {
+    Ok(RuntimeFiles {
+        api_token: Secret::new(api_token),
+        daemon_id,
+        upload_dirs: resolve_upload_dirs(&config.upload_dirs)?,
+    })
+}
+
+/// `upload_dirs` as start-up (and a reload) resolves them: each created (0750)
+/// when missing and canonicalized, duplicates dropped.
+pub(crate) fn resolve_upload_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, RuntimeError> {
+    let mut upload_dirs: Vec<PathBuf> = Vec::with_capacity(dirs.len());
+    for dir in dirs {
         let resolved = resolve_upload_dir(dir)?;
         if !upload_dirs.contains(&resolved) {
             upload_dirs.push(resolved);
         }
     }
-    Ok(RuntimeFiles {
-        api_token: Secret::new(api_token),
-        daemon_id,
-        upload_dirs,
-    })
+    Ok(upload_dirs)
+}
+
+/// The API token of an existing `api_token_file`, for a reload: unlike start-up
+/// it creates nothing (a token file that went missing is a mistake to report,
+/// not a reason to mint a token no client knows), and refuses what start-up
+/// refuses (a file others can read, an empty one).
+pub(crate) fn existing_api_token(path: &Path) -> Result<Secret, RuntimeError> {
+    check_token_file_mode(path)?;
+    read_non_empty("api_token_file", path).map(Secret::new)
 }
 
 /// Reads the API token for a client subcommand.
@@ -152,8 +167,14 @@ fn api_token_or_create(path: &Path) -> Result<String, RuntimeError> {
     if create_with_random_value(KEY, path, 32)? {
         tracing::info!(path = %path.display(), "created a new API token file");
     }
+    check_token_file_mode(path)?;
+    read_non_empty(KEY, path)
+}
+
+/// Refuses a token file that group or others can read.
+fn check_token_file_mode(path: &Path) -> Result<(), RuntimeError> {
     let meta = fs::metadata(path).map_err(|cause| RuntimeError::Io {
-        key: KEY,
+        key: "api_token_file",
         path: path.to_path_buf(),
         action: "inspect",
         cause,
@@ -165,7 +186,7 @@ fn api_token_or_create(path: &Path) -> Result<String, RuntimeError> {
             mode,
         });
     }
-    read_non_empty(KEY, path)
+    Ok(())
 }
 
 /// This daemon's id from `path`, created with a fresh random value when missing.
@@ -396,6 +417,33 @@ mod tests {
             }
         ));
         assert!(err.to_string().contains("not-a-dir"));
+    }
+
+    #[test]
+    fn a_reload_reads_an_existing_token_and_creates_none() {
+        let root = tempfile::tempdir().unwrap();
+        let config = config_in(root.path());
+        let missing = existing_api_token(&config.api_token_file).unwrap_err();
+        assert!(matches!(
+            missing,
+            RuntimeError::Io {
+                action: "inspect",
+                ..
+            }
+        ));
+        assert!(!config.api_token_file.exists());
+
+        fs::create_dir_all(&config.state_dir).unwrap();
+        fs::write(&config.api_token_file, "new-token\n").unwrap();
+        fs::set_permissions(&config.api_token_file, fs::Permissions::from_mode(0o644)).unwrap();
+        let open = existing_api_token(&config.api_token_file).unwrap_err();
+        assert!(matches!(open, RuntimeError::TokenFileTooOpen { .. }));
+        fs::set_permissions(&config.api_token_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let token = existing_api_token(&config.api_token_file).unwrap();
+        assert_eq!(token.expose(), "new-token");
+        fs::write(&config.api_token_file, " \n").unwrap();
+        let empty = existing_api_token(&config.api_token_file).unwrap_err();
+        assert!(matches!(empty, RuntimeError::EmptyFile { .. }));
     }
 
     #[test]

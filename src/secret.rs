@@ -40,6 +40,28 @@ impl From<String> for Secret {
     }
 }
 
+/// The bearer token clients must present (`api_token_file`); a reload replaces it.
+#[derive(Debug, Default)]
+pub(crate) struct ApiToken(std::sync::RwLock<Secret>);
+
+impl ApiToken {
+    pub(crate) fn new(token: Secret) -> Self {
+        ApiToken(std::sync::RwLock::new(token))
+    }
+
+    /// Whether `presented` is the token in force, compared in constant time.
+    pub(crate) fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let token = self.0.read().unwrap_or_else(|p| p.into_inner());
+        bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
+    }
+
+    /// Puts `token` in force: the one before stops working at once.
+    pub(crate) fn replace(&self, token: Secret) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+}
+
 /// `bytes` bytes from the thread-local CSPRNG (seeded from the OS), as lowercase
 /// hex: API tokens, daemon and upload ids.
 pub(crate) fn random_hex(bytes: usize) -> String {
@@ -59,5 +81,16 @@ mod tests {
         assert_eq!(format!("{s:?}"), "***");
         assert_eq!(format!("{s}"), "***");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_replaced_api_token_ends_the_old_one() {
+        let token = ApiToken::new(Secret::new("old"));
+        assert!(token.matches("old"));
+        assert!(!token.matches("ol") && !token.matches("older") && !token.matches(""));
+        token.replace(Secret::new("new"));
+        assert!(token.matches("new"));
+        assert!(!token.matches("old"));
+        assert!(!format!("{token:?}").contains("new"));
     }
 }

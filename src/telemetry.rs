@@ -10,36 +10,100 @@
 //! `upload{upload_id=.. cloud=.. image=..}`) already put the fields an operator
 //! filters on into every line.
 //!
+//! A reload switches `log_format`: both formats are installed, each records
+//! every span's fields in its own form, and a flag says which one writes the
+//! events. (Swapping one layer for the other through `tracing_subscriber::reload`
+//! does not work: a span opened before the swap has no fields in the new
+//! format, and the JSON layer panics on it.)
+//!
 //! Values that come from requests (a cloud name in a query, a path) may hold
 //! control characters; in the text format a newline would forge a log line. So
 //! every field of the text format is written with control characters escaped
 //! (`\n`, `\u{1b}`); the JSON format escapes them by itself.
 
-use tracing::{Event, Level, Subscriber};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::fmt::format::{debug_fn, Writer};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::config::LogFormat;
 
+/// Whether events are written as JSON (else as text); a reload flips it.
+static JSON: AtomicBool = AtomicBool::new(false);
+/// Whether [`init`] installed our subscriber (not so inside a test process).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// What the text layer sits on.
+type Filtered = Layered<EnvFilter, Registry>;
+
 pub(crate) fn init(format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text if stderr_is_the_journal() => builder
+    let installed = subscriber(filter, std::io::stderr, stderr_is_the_journal()).try_init();
+    INSTALLED.store(installed.is_ok(), Ordering::Relaxed);
+}
+
+/// The subscriber: `filter`, then a text and a JSON layer writing to `writer`,
+/// of which [`JSON`] picks the one that writes events.
+fn subscriber<W>(filter: EnvFilter, writer: W, journal: bool) -> impl Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
+    let text = text_layer(writer.clone(), journal)
+        .with_filter(dynamic_filter_fn(|meta, _| writes(meta, false)));
+    let json = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_filter(dynamic_filter_fn(|meta, _| writes(meta, true)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+}
+
+/// Whether the layer of the JSON format (`json`) or the text one sees `meta`:
+/// both see every span (each keeps the span's fields in its own format, so a
+/// span opened before a switch prints in either), only one writes events.
+fn writes(meta: &Metadata<'_>, json: bool) -> bool {
+    meta.is_span() || JSON.load(Ordering::Relaxed) == json
+}
+
+/// Puts `format` in force for the lines that follow (a reload). False when
+/// [`init`] did not install the subscriber (a daemon inside a test process).
+pub(crate) fn set_format(format: LogFormat) -> bool {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        return false;
+    }
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
+    true
+}
+
+/// The text format: for the journal (priority prefix, no timestamp, no colours)
+/// or a terminal.
+fn text_layer<W>(writer: W, journal: bool) -> Box<dyn Layer<Filtered> + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    if journal {
+        layer
             .with_ansi(false)
             .fmt_fields(escaped_fields())
             .event_format(JournalPriority(
                 tracing_subscriber::fmt::format().without_time(),
             ))
-            .try_init(),
-        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+            .boxed()
+    } else {
+        layer.fmt_fields(escaped_fields()).boxed()
+    }
 }
 
 /// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM` is
@@ -151,6 +215,38 @@ mod tests {
         assert!(text.contains(r"cloud=nowhere\n2026"), "{text}");
         assert!(text.contains(r"\u{1b}[2J"), "{text}");
         assert!(text.contains("request refused: nowhere"), "{text}");
+    }
+
+    #[test]
+    fn a_switch_to_json_writes_the_next_lines_as_json_even_inside_an_older_span() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = subscriber(EnvFilter::new("info"), move || writer.clone(), false);
+        JSON.store(false, Ordering::Relaxed);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", path = "/v1/status");
+            let _in = span.enter();
+            tracing::info!("as text");
+            JSON.store(true, Ordering::Relaxed);
+            tracing::info!(keys = 2, "as json");
+            JSON.store(false, Ordering::Relaxed);
+            tracing::info!("as text again");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].contains("as text") && !lines[0].starts_with('{'),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(lines[1]).expect("a JSON line");
+        assert_eq!(json["message"], "as json");
+        assert_eq!(json["keys"], 2);
+        assert_eq!(json["span"]["path"], "/v1/status");
+        assert!(
+            lines[2].contains("as text again") && !lines[2].starts_with('{'),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,23 +1,78 @@
 //! `SIGHUP`: the daemon config and clouds.yaml read again and put in force
 //! without a restart (the contract's "reload").
 //!
-//! - A config that cannot be read (syntax, an unknown key, a bad value) is
-//!   refused as a whole, with a logged error: the config and clouds in force stay.
-//! - clouds.yaml: clouds whose settings did not change keep their session and
-//!   token; added ones authenticate; removed ones leave `/v1/status` (uploads under
-//!   way on them hold their session and finish). A broken file is refused and the
-//!   clouds in force stay.
-//! - Applied at once: `reaper_interval`, `shutdown_grace`. Every other key is held
-//!   by something built at start-up (the listener, the state dir, the API token,
-//!   the image service's settings): a change is logged as ignored until a restart.
+//! All or nothing: the whole new config is checked first, and only then applied.
+//! A config that cannot be read (syntax, an unknown key, a bad value), an upload
+//! dir that cannot be made or resolved, an API token file that is missing,
+//! unreadable, empty or readable by others, a clouds.yaml that is missing or
+//! broken, a `default_cloud` it lacks: the reload is refused as a whole with a
+//! logged error, and the config and clouds in force stay (an upload dir created
+//! by the check stays too).
+//!
+//! Applied, every key but three:
+//! - clouds.yaml (at `clouds_yaml`, which may name a new file; `PUT /v1/clouds`
+//!   then writes there): clouds whose settings did not change keep their session
+//!   and token; added ones authenticate; removed ones leave `/v1/status` (uploads
+//!   under way on them hold their session and finish). `default_cloud` and
+//!   `token_refresh_margin` change without a new login (a kept session only
+//!   reschedules its next refresh).
+//! - `api_token_file`: read again; the new token works and the old one stops at
+//!   once (a reload creates no token file, unlike start-up).
+//! - The image settings (`image_name_template`, `upload_dirs` resolved as at
+//!   start-up, `stale_upload_age`, `upload_stall_timeout`, `activation_timeout`):
+//!   for requests from now on; an upload under way keeps the ones it started with.
+//! - `max_concurrent_uploads` (more slots start queued jobs at once, fewer are
+//!   taken back as uploads end: none is cut) and `job_retention`.
+//! - `reaper_interval`, `shutdown_grace`, and `log_format` (the formatting layer
+//!   is swapped, see [`crate::telemetry`]).
+//!
+//! Restart only, logged as ignored: `listen` (the socket is bound at start-up),
+//! `allow_non_loopback` (it only qualifies `listen`), and `state_dir` (it holds
+//! the daemon id and the job records opened at start-up).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{App, ConfigSource};
-use crate::clouds::CloudsFile;
+use super::{image_settings, job_settings, App, ConfigSource};
+use crate::clouds::{CloudsError, CloudsFile};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::openstack::registry::reload::StagedClouds;
+use crate::openstack::registry::{RegistryError, RegistrySettings};
+use crate::runtime::{existing_api_token, resolve_upload_dirs, RuntimeError};
+use crate::secret::Secret;
 
-/// Reads the config again and applies what can change (see the module).
+/// The keys a reload cannot apply (see the module).
+const RESTART_ONLY: [&str; 3] = ["listen", "state_dir", "allow_non_loopback"];
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("clouds.yaml refused: {0}")]
+    Clouds(#[from] CloudsError),
+    #[error("clouds.yaml refused: {} does not exist", .0.display())]
+    CloudsMissing(PathBuf),
+    #[error("clouds.yaml refused: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// A new config checked, with what it needs from disk, not yet in force.
+struct Staged<'a> {
+    /// The new config, the restart-only keys kept as they are.
+    config: Config,
+    /// The restart-only keys the new config changed.
+    ignored: Vec<&'static str>,
+    /// The clouds, built and waiting for their commit.
+    clouds: StagedClouds<'a>,
+    /// `upload_dirs`, resolved.
+    upload_dirs: Vec<PathBuf>,
+    /// The contents of `api_token_file`.
+    api_token: Secret,
+}
+
+/// Reads the config again and applies it, or none of it (see the module).
 pub(super) async fn reload(
     current: &mut Config,
     source: &ConfigSource,
@@ -25,26 +80,90 @@ pub(super) async fn reload(
     reaper: &mut tokio::task::JoinHandle<()>,
 ) {
     crate::systemd::notify_reloading();
-    match read_config(source) {
+    match stage(current, source, app).await {
         Err(err) => {
             tracing::error!(error = %err, "reload refused: the config and clouds in force stay");
         }
-        Ok(new) => {
-            let ignored = restart_only_changes(current, &new);
-            if !ignored.is_empty() {
-                tracing::warn!(keys = ?ignored, "reload: these keys take effect only at a restart: ignored");
-            }
-            reload_clouds(current, app).await;
-            if new.reaper_interval != current.reaper_interval {
-                reaper.abort();
-                *reaper = tokio::spawn(app.state.images.clone().run_reaper(new.reaper_interval));
-                current.reaper_interval = new.reaper_interval;
-            }
-            current.shutdown_grace = new.shutdown_grace;
-        }
+        Ok(staged) => apply(staged, current, app, reaper),
     }
     let line = crate::systemd::Activity::of(&app.state, &app.shutdown).line();
     crate::systemd::notify_ready(&line);
+}
+
+/// Everything that can fail, with nothing changed.
+async fn stage<'a>(
+    current: &Config,
+    source: &ConfigSource,
+    app: &'a App,
+) -> Result<Staged<'a>, ReloadError> {
+    let new = read_config(source)?;
+    let ignored = restart_only_changes(current, &new);
+    let config = Config {
+        listen: current.listen.clone(),
+        state_dir: current.state_dir.clone(),
+        allow_non_loopback: current.allow_non_loopback,
+        ..new
+    };
+    let upload_dirs = resolve_upload_dirs(&config.upload_dirs)?;
+    let api_token = existing_api_token(&config.api_token_file)?;
+    let (file, target) = read_clouds(&config)?;
+    let settings = RegistrySettings {
+        margin: config.token_refresh_margin,
+        configured_default: config.default_cloud.clone(),
+        target,
+    };
+    let clouds = app.state.clouds.prepare_reload(&file, settings).await?;
+    Ok(Staged {
+        config,
+        ignored,
+        clouds,
+        upload_dirs,
+        api_token,
+    })
+}
+
+/// Puts a staged config in force; nothing here can fail.
+fn apply(
+    staged: Staged<'_>,
+    current: &mut Config,
+    app: &App,
+    reaper: &mut tokio::task::JoinHandle<()>,
+) {
+    let Staged {
+        config: new,
+        ignored,
+        clouds,
+        upload_dirs,
+        api_token,
+    } = staged;
+    if !ignored.is_empty() {
+        tracing::warn!(keys = ?ignored, "reload: these keys take effect only at a restart: ignored");
+    }
+    let r = clouds.commit();
+    tracing::info!(
+        kept = ?r.kept, added = ?r.added, changed = ?r.changed, removed = ?r.removed,
+        "reload: clouds in force"
+    );
+    let state = &app.state;
+    let daemon_id = state.images.settings().daemon_id.clone();
+    state
+        .images
+        .replace_settings(image_settings(&new, daemon_id, upload_dirs));
+    state.jobs.replace_settings(job_settings(&new));
+    if !state.api_token.matches(api_token.expose()) {
+        state.api_token.replace(api_token);
+        tracing::info!(path = %new.api_token_file.display(), "reload: a new API token is in force; the old one no longer works");
+    }
+    if new.reaper_interval != current.reaper_interval {
+        reaper.abort();
+        *reaper = tokio::spawn(state.images.clone().run_reaper(new.reaper_interval));
+    }
+    if new.log_format != current.log_format && !crate::telemetry::set_format(new.log_format) {
+        tracing::warn!("reload: log_format cannot change in this process: ignored");
+    }
+    let applied = changed_keys(current, &new);
+    *current = new;
+    tracing::info!(keys = ?applied, "reload: config in force");
 }
 
 /// The config file as `serve` read it at start-up.
@@ -62,70 +181,78 @@ fn read_config(source: &ConfigSource) -> Result<Config, ConfigError> {
     }
 }
 
-/// clouds.yaml (at the path in force) put in force; a missing or broken file is
-/// refused.
-async fn reload_clouds(config: &Config, app: &App) {
-    let file = match &config.clouds_yaml {
-        Some(path) if !path.exists() => {
-            tracing::error!(path = %path.display(), "reload: clouds.yaml does not exist: the clouds in force stay");
-            return;
-        }
-        path => CloudsFile::load(path.as_deref()),
-    };
-    let file = match file {
-        Ok(file) => file,
-        Err(err) => {
-            tracing::error!(error = %err, "reload: clouds.yaml refused: the clouds in force stay");
-            return;
-        }
-    };
-    match app.state.clouds.reload(&file).await {
-        Ok(r) => tracing::info!(
-            kept = ?r.kept, added = ?r.added, changed = ?r.changed, removed = ?r.removed,
-            "reload: clouds in force"
-        ),
-        Err(err) => {
-            tracing::error!(error = %err, "reload: clouds.yaml refused: the clouds in force stay")
+/// clouds.yaml at `config`'s path, and where `PUT /v1/clouds` writes. Unlike at
+/// start-up, a missing file is refused: it is more likely a mistake than a wish
+/// to drop every cloud.
+fn read_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), ReloadError> {
+    match &config.clouds_yaml {
+        Some(path) if !path.exists() => Err(ReloadError::CloudsMissing(path.clone())),
+        Some(path) => Ok((CloudsFile::load(Some(path))?, path.clone())),
+        None => {
+            let file = CloudsFile::load(None)?;
+            let target = super::put_target(config, &file);
+            Ok((file, target))
         }
     }
 }
 
-/// The keys that differ between `old` and `new` and cannot change while running.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    macro_rules! differing {
-        ($($key:ident),* $(,)?) => {{
-            let mut keys = Vec::new();
-            $( if old.$key != new.$key { keys.push(stringify!($key)); } )*
-            keys
-        }};
-    }
-    let mut keys = differing!(
+/// The keys whose values differ between `old` and `new`.
+fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Destructured, so that a key added to Config and not compared here is an
+    // unused variable: a warning, which the build refuses.
+    let Config {
         listen,
-        state_dir,
         clouds_yaml,
         default_cloud,
+        state_dir,
         api_token_file,
         upload_dirs,
         image_name_template,
         token_refresh_margin,
         stale_upload_age,
+        reaper_interval,
         upload_stall_timeout,
         allow_non_loopback,
         log_format,
         max_concurrent_uploads,
         job_retention,
         activation_timeout,
-    );
-    // A key added to Config later and not listed above still gets reported.
-    let applied = Config {
-        reaper_interval: old.reaper_interval,
-        shutdown_grace: old.shutdown_grace,
-        ..new.clone()
-    };
-    if keys.is_empty() && applied != *old {
-        keys.push("(other keys)");
+        shutdown_grace,
+    } = old;
+    let mut keys = Vec::new();
+    macro_rules! compare {
+        ($($key:ident),* $(,)?) => {
+            $( if *$key != new.$key { keys.push(stringify!($key)); } )*
+        };
     }
+    compare!(
+        listen,
+        clouds_yaml,
+        default_cloud,
+        state_dir,
+        api_token_file,
+        upload_dirs,
+        image_name_template,
+        token_refresh_margin,
+        stale_upload_age,
+        reaper_interval,
+        upload_stall_timeout,
+        allow_non_loopback,
+        log_format,
+        max_concurrent_uploads,
+        job_retention,
+        activation_timeout,
+        shutdown_grace,
+    );
     keys
+}
+
+/// The keys that differ between `old` and `new` and cannot change while running.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    changed_keys(old, new)
+        .into_iter()
+        .filter(|key| RESTART_ONLY.contains(key))
+        .collect()
 }
 
 #[cfg(test)]
@@ -134,14 +261,33 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn listen_and_state_dir_need_a_restart_grace_and_reaper_do_not() {
+    fn only_listen_state_dir_and_allow_non_loopback_need_a_restart() {
         let old = Config::default();
         let mut new = old.clone();
         new.shutdown_grace = Duration::from_secs(5);
         new.reaper_interval = Duration::from_secs(7);
+        new.clouds_yaml = Some("/elsewhere/clouds.yaml".into());
+        new.default_cloud = Some("other".into());
+        new.api_token_file = "/elsewhere/token".into();
+        new.upload_dirs = vec!["/elsewhere/images".into()];
+        new.image_name_template = "{app_name}-{base}-{arch}".parse().unwrap();
+        new.token_refresh_margin = Duration::from_secs(1);
+        new.stale_upload_age = Duration::from_secs(2);
+        new.upload_stall_timeout = Duration::from_secs(3);
+        new.log_format = crate::config::LogFormat::Json;
+        new.max_concurrent_uploads = 9;
+        new.job_retention = Duration::from_secs(4);
+        new.activation_timeout = Duration::from_secs(6);
         assert!(restart_only_changes(&old, &new).is_empty());
+        assert_eq!(changed_keys(&old, &new).len(), 14);
+
         new.listen = "127.0.0.1:9999".parse().unwrap();
         new.state_dir = "/elsewhere".into();
-        assert_eq!(restart_only_changes(&old, &new), ["listen", "state_dir"]);
+        new.allow_non_loopback = true;
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["listen", "state_dir", "allow_non_loopback"]
+        );
+        assert_eq!(changed_keys(&old, &new).len(), 17);
     }
 }

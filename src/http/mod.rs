@@ -23,7 +23,6 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::{Json, Router};
-use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,7 +30,7 @@ use utoipa_axum::routes;
 use crate::api::openapi::ApiDoc;
 use crate::images::ImageService;
 use crate::openstack::registry::CloudRegistry;
-use crate::secret::Secret;
+use crate::secret::ApiToken;
 use error::ApiError;
 
 /// What every handler shares.
@@ -41,8 +40,8 @@ pub(crate) struct AppState {
     pub(crate) images: Arc<ImageService>,
     /// The clouds in force.
     pub(crate) clouds: Arc<CloudRegistry>,
-    /// The bearer token clients must present (`api_token_file`).
-    pub(crate) api_token: Arc<Secret>,
+    /// The bearer token clients must present (`api_token_file`; a reload replaces it).
+    pub(crate) api_token: Arc<ApiToken>,
     /// Every upload is a job.
     pub(crate) jobs: Arc<jobs::UploadJobs>,
 }
@@ -105,9 +104,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let ok = presented.is_some_and(|token| {
-        bool::from(token.as_bytes().ct_eq(state.api_token.expose().as_bytes()))
-    });
+    let ok = presented.is_some_and(|token| state.api_token.matches(token));
     if ok {
         next.run(request).await
     } else {

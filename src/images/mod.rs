@@ -158,7 +158,6 @@ impl ImageService {
 
     /// Puts new settings in force (a reload): uploads under way finish with the
     /// ones they started with. The daemon id cannot change.
-    #[allow(dead_code, reason = "the reload of issue #9 calls it")]
     pub(crate) fn replace_settings(&self, mut settings: ImageSettings) {
         let mut slot = self.settings.write().unwrap_or_else(|p| p.into_inner());
         settings.daemon_id = slot.daemon_id.clone();

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
+
+use super::slots::UploadSlot;
 
 use super::model::{
     CreatedImage, Fingerprint, IdempotencyKey, JobFailure, JobId, JobRecord, JobRequest, JobState,
@@ -349,12 +351,6 @@ impl<R: JobRequest> JobHandle<R> {
     }
 }
 
-/// One of the `max_concurrent_uploads` upload slots; dropping it frees the slot.
-#[derive(Debug)]
-pub struct UploadSlot {
-    _permit: OwnedSemaphorePermit,
-}
-
 /// The write side of a job, owned by the task that runs its upload. Dropped
 /// before the job ended (a panic, an abort), it records the job `failed`:
 /// `interrupted` when the daemon is stopping, else `internal_error`.
@@ -391,13 +387,13 @@ impl<R: JobRequest> JobTask<R> {
     /// and answers [`JobsError::ShuttingDown`].
     pub async fn acquire_slot(&self) -> Result<UploadSlot, JobsError> {
         let slots = self.shared.ctx.slots.clone();
-        let permit = tokio::select! {
-            permit = slots.acquire_owned() => permit,
+        let slot = tokio::select! {
+            slot = slots.acquire() => slot,
             () = self.shared.finished() => {
                 return Err(JobsError::Finished { job: self.id(), state: self.shared.state() })
             }
         };
-        let Ok(permit) = permit else {
+        let Ok(slot) = slot else {
             // The semaphore is closed only by a stop.
             let failure = JobFailure::interrupted(
                 "the daemon was stopping before the job got an upload slot",
@@ -408,7 +404,7 @@ impl<R: JobRequest> JobTask<R> {
         };
         self.advance(JobState::Uploading).await?;
         tokio::spawn(self.shared.clone().persist_progress_until_finished());
-        Ok(UploadSlot { _permit: permit })
+        Ok(slot)
     }
 
     /// Moves the job forward to `uploading`, `verifying` or `pruning`, and records it.

@@ -13,10 +13,14 @@
 //! - [`model`]: ids, states and their order, the record, the idempotency key.
 //! - `store`: one file per job, written atomically; reading them back at start-up.
 //! - `job`: one job in memory (atomics, a watch, its writes).
+//! - `slots`: the upload slots, resized by a reload without cutting an upload.
 //! - `table`: the jobs by id and by key.
+//!
+//! A reload changes the [`JobSettings`] in force ([`Jobs::replace_settings`]).
 
 pub mod job;
 pub mod model;
+mod slots;
 mod store;
 mod table;
 
@@ -31,7 +35,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::ser::SerializeMap;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 pub use job::{JobHandle, JobTask};
 pub use model::{
@@ -41,6 +44,7 @@ pub use model::{
 
 use job::JobShared;
 use model::Fingerprint;
+use slots::Slots;
 use store::{JobStore, StoredJob};
 use table::Table;
 
@@ -178,8 +182,8 @@ impl JobsError {
 #[derive(Debug)]
 pub(crate) struct JobsCtx {
     store: JobStore,
-    /// `max_concurrent_uploads` permits; closed by a stop.
-    slots: Arc<Semaphore>,
+    /// `max_concurrent_uploads` slots; closed by a stop.
+    slots: Arc<Slots>,
     /// Set by [`Jobs::close`].
     closing: AtomicBool,
 }
@@ -194,11 +198,20 @@ impl JobsCtx {
 #[derive(Debug)]
 pub struct Jobs<R> {
     ctx: Arc<JobsCtx>,
-    settings: JobSettings,
+    /// The settings in force; a reload replaces them.
+    settings: Mutex<JobSettings>,
     table: Mutex<Table<R>>,
     /// Held across "look up the key, or create and record the job", so two
     /// identical requests arriving at once get one job.
     submit: tokio::sync::Mutex<()>,
+    /// Wakes [`Jobs::run_retention`] when a reload replaced the settings.
+    settings_changed: tokio::sync::Notify,
+}
+
+/// How often jobs past `job_retention` are forgotten: a tenth of it, between a
+/// second and an hour.
+fn retention_interval(job_retention: Duration) -> Duration {
+    (job_retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }
 
 impl<R: JobRequest> Jobs<R> {
@@ -221,14 +234,15 @@ impl<R: JobRequest> Jobs<R> {
             .map_err(io("read the directory", store.dir()))?;
         let ctx = Arc::new(JobsCtx {
             store,
-            slots: Arc::new(Semaphore::new(settings.max_concurrent_uploads.max(1))),
+            slots: Slots::new(settings.max_concurrent_uploads),
             closing: AtomicBool::new(false),
         });
         let jobs = Jobs {
             ctx: ctx.clone(),
-            settings,
+            settings: Mutex::new(settings),
             table: Mutex::new(Table::new()),
             submit: tokio::sync::Mutex::new(()),
+            settings_changed: tokio::sync::Notify::new(),
         };
         let mut recovery = Recovery {
             moved_aside: scan.moved_aside,
@@ -265,9 +279,20 @@ impl<R: JobRequest> Jobs<R> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    #[cfg(test)]
+    /// The settings in force.
     pub fn settings(&self) -> JobSettings {
-        self.settings
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts new settings in force (a reload). More slots start queued jobs at
+    /// once; fewer are taken away as uploads under way end (none is cut). A new
+    /// `job_retention` counts for every job, the ended ones included.
+    pub fn replace_settings(&self, settings: JobSettings) {
+        let mut slot = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        self.ctx.slots.resize(settings.max_concurrent_uploads);
+        *slot = settings;
+        drop(slot);
+        self.settings_changed.notify_waiters();
     }
 
     /// The job `key` names (running, or ended less than `job_retention` ago) when
@@ -282,7 +307,7 @@ impl<R: JobRequest> Jobs<R> {
         let Some(job) = self.lock_table().by_key(key).cloned() else {
             return Ok(None);
         };
-        if job.expired(Utc::now(), self.settings.job_retention) {
+        if job.expired(Utc::now(), self.settings().job_retention) {
             return Ok(None);
         }
         let fingerprint = Fingerprint::of(request).map_err(|source| JobsError::Request {
@@ -310,7 +335,7 @@ impl<R: JobRequest> Jobs<R> {
         if let Some(key) = &new.idempotency_key {
             let existing = self.lock_table().by_key(key).cloned();
             if let Some(job) = existing {
-                if job.expired(Utc::now(), self.settings.job_retention) {
+                if job.expired(Utc::now(), self.settings().job_retention) {
                     self.forget(job.id()).await;
                 } else if job.fingerprint == fingerprint {
                     return Ok(Submitted {
@@ -413,22 +438,31 @@ impl<R: JobRequest> Jobs<R> {
     /// Forgets the jobs (records and keys) that ended more than `job_retention`
     /// before `now`. The daemon calls it periodically (see [`Jobs::run_retention`]).
     pub async fn prune_expired(&self, now: DateTime<Utc>) -> Vec<JobId> {
-        let expired = self.lock_table().expired(now, self.settings.job_retention);
+        let expired = self
+            .lock_table()
+            .expired(now, self.settings().job_retention);
         for id in &expired {
             self.forget(*id).await;
         }
         expired
     }
 
-    /// Calls [`Jobs::prune_expired`] every `every`, until the task is dropped.
-    pub async fn run_retention(self: Arc<Self>, every: Duration) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Calls [`Jobs::prune_expired`] at once and then every tenth of
+    /// `job_retention` (between a second and an hour), until the task is
+    /// dropped. New settings prune at once and reschedule.
+    pub async fn run_retention(self: Arc<Self>) {
         loop {
-            ticker.tick().await;
+            let changed = self.settings_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let forgotten = self.prune_expired(Utc::now()).await;
             if !forgotten.is_empty() {
                 tracing::info!(count = forgotten.len(), "forgot jobs past job_retention");
+            }
+            let every = retention_interval(self.settings().job_retention);
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = changed => {}
             }
         }
     }

@@ -621,3 +621,91 @@ async fn open_survives_a_corrupt_record_and_a_torn_write() {
         .collect();
     assert_eq!(left.len(), 2, "the record and unreadable/: {left:?}");
 }
+
+/// Lets spawned tasks run until none can go further.
+async fn run_others() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn fewer_slots_are_taken_back_as_uploads_end_and_more_start_queued_ones_at_once() {
+    let slots = slots::Slots::new(2);
+    let a = slots.acquire().await.unwrap();
+    let b = slots.acquire().await.unwrap();
+    let waiter = {
+        let slots = slots.clone();
+        tokio::spawn(async move { slots.acquire().await })
+    };
+    // 2 -> 1 while both upload: neither is cut; the first to end pays the debt,
+    // ahead of the job that was already waiting.
+    slots.resize(1);
+    drop(a);
+    run_others().await;
+    assert!(
+        !waiter.is_finished(),
+        "a queued job started above the new size"
+    );
+    assert_eq!(slots.available(), 0);
+    drop(b);
+    let c = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the one slot")
+        .unwrap()
+        .unwrap();
+    assert_eq!(slots.available(), 0);
+
+    // 1 -> 3: two free slots at once; 3 -> 2: a free one is taken at once.
+    slots.resize(3);
+    assert_eq!(slots.available(), 2);
+    slots.resize(2);
+    assert_eq!(slots.available(), 1);
+
+    // 2 -> 1 -> 2 with both busy: the growth repays the debt, nothing is added.
+    let d = slots.acquire().await.unwrap();
+    slots.resize(1);
+    slots.resize(2);
+    assert_eq!(slots.available(), 0);
+    drop(c);
+    drop(d);
+    assert_eq!(slots.available(), 2);
+    // 0 is taken as 1.
+    slots.resize(0);
+    assert_eq!(slots.available(), 1);
+}
+
+#[tokio::test]
+async fn replaced_settings_start_a_queued_job_and_shorten_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jobs, _) = open(dir.path(), 1);
+    let first = start(&jobs, "first", Some("k1")).await;
+    let second = start(&jobs, "second", None).await;
+    let _uploading = first.acquire_slot().await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let slot = second.acquire_slot().await;
+        (second, slot)
+    });
+    run_others().await;
+    assert_eq!(jobs.counts().get(JobState::Queued), 1);
+
+    let wider = JobSettings {
+        max_concurrent_uploads: 2,
+        job_retention: Duration::from_secs(60),
+    };
+    jobs.replace_settings(wider);
+    assert_eq!(jobs.settings(), wider);
+    let (second, slot) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the queued job starts once there are 2 slots")
+        .unwrap();
+    slot.unwrap();
+    assert_eq!(jobs.counts().get(JobState::Uploading), 2);
+
+    // The new job_retention counts for a job that ended before the change.
+    let ended_at = first.succeed("img").await.unwrap().updated_at;
+    second.succeed("img2").await.unwrap();
+    let in_two_minutes = ended_at + chrono::Duration::seconds(120);
+    assert!(jobs.prune_expired(ended_at).await.is_empty());
+    assert_eq!(jobs.prune_expired(in_two_minutes).await.len(), 2);
+}

@@ -7,12 +7,12 @@
 //! untouched: charm hooks send the same clouds on every run, and each run must not
 //! cost a Keystone login nor a write.
 
-mod reload;
+pub(crate) mod reload;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use super::session::Session;
@@ -59,19 +59,26 @@ pub enum RegistryError {
     Write { path: PathBuf, reason: String },
 }
 
+/// The daemon config's settings for the clouds (a reload replaces them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistrySettings {
+    /// `token_refresh_margin`, for every session.
+    pub(crate) margin: Duration,
+    /// The daemon config's `default_cloud`, which a new document must contain.
+    pub(crate) configured_default: Option<String>,
+    /// Where `PUT /v1/clouds` writes the document.
+    pub(crate) target: PathBuf,
+}
+
 /// The clouds in force, and how to replace them.
 #[derive(Debug)]
 pub(crate) struct CloudRegistry {
     /// The set in force; a request takes a snapshot (an `Arc`) and keeps it.
     current: RwLock<Arc<CloudSet>>,
-    /// `token_refresh_margin`, for new sessions.
-    margin: Duration,
-    /// The daemon config's `default_cloud`, which a new document must contain.
-    configured_default: Option<String>,
+    /// The settings in force.
+    settings: Mutex<RegistrySettings>,
     /// `OS_CLOUD` at start-up.
     os_cloud: Option<String>,
-    /// Where `PUT /v1/clouds` writes the document.
-    target: PathBuf,
     /// One replacement at a time.
     replacing: tokio::sync::Mutex<()>,
 }
@@ -81,28 +88,31 @@ impl CloudRegistry {
     /// file a later `PUT /v1/clouds` replaces.
     pub(crate) fn new(
         file: &CloudsFile,
-        margin: Duration,
-        configured_default: Option<String>,
+        settings: RegistrySettings,
         os_cloud: Option<String>,
-        target: PathBuf,
     ) -> Result<CloudRegistry, RegistryError> {
-        let (default, warning) =
-            default_of(file, configured_default.as_deref(), os_cloud.as_deref())?;
+        let (default, warning) = default_of(
+            file,
+            settings.configured_default.as_deref(),
+            os_cloud.as_deref(),
+        )?;
         if let Some(warning) = warning {
             tracing::warn!("{warning}");
         }
-        let set = build_set(file, margin, default)?;
+        let set = build_set(file, settings.margin, default)?;
         for session in &set.sessions {
             session.start_refresher();
         }
         Ok(CloudRegistry {
             current: RwLock::new(Arc::new(set)),
-            margin,
-            configured_default,
+            settings: Mutex::new(settings),
             os_cloud,
-            target,
             replacing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    fn settings(&self) -> MutexGuard<'_, RegistrySettings> {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn snapshot(&self) -> Arc<CloudSet> {
@@ -117,7 +127,10 @@ impl CloudRegistry {
         let set = self.snapshot();
         let wanted = match name.or(set.default.as_deref()) {
             Some(n) => n.to_string(),
-            None => return Err(RegistryError::NoClouds(self.target.display().to_string())),
+            None => {
+                let target = self.settings().target.display().to_string();
+                return Err(RegistryError::NoClouds(target));
+            }
         };
         set.sessions
             .iter()
@@ -141,7 +154,9 @@ impl CloudRegistry {
     /// document whose credentials Keystone refuses is never a blind `200`.
     pub(crate) async fn replace(&self, document: &str) -> Result<Vec<String>, RegistryError> {
         let _one_at_a_time = self.replacing.lock().await;
-        let file = CloudsFile::parse(document, None, Some(&self.target))?;
+        let settings = self.settings().clone();
+        let target = settings.target;
+        let file = CloudsFile::parse(document, None, Some(&target))?;
         if file.clouds.is_empty() {
             return Err(RegistryError::InvalidDocument(
                 "the document has no clouds".to_string(),
@@ -149,7 +164,7 @@ impl CloudRegistry {
         }
         let (default, warning) = default_of(
             &file,
-            self.configured_default.as_deref(),
+            settings.configured_default.as_deref(),
             self.os_cloud.as_deref(),
         )?;
         let current = self.snapshot();
@@ -160,8 +175,8 @@ impl CloudRegistry {
             tracing::warn!("{warning}");
         }
         // Building a session reads its certificate files: off the async workers.
-        let margin = self.margin;
-        let set = blocking("building the sessions", &self.target, move || {
+        let margin = settings.margin;
+        let set = blocking("building the sessions", &target, move || {
             build_set(&file, margin, default)
         })
         .await??;
@@ -169,15 +184,13 @@ impl CloudRegistry {
         for result in futures_util::future::join_all(attempts).await {
             result?;
         }
-        let (path, data) = (self.target.clone(), document.as_bytes().to_vec());
-        blocking("writing", &self.target, move || {
-            write_atomically(&path, &data)
-        })
-        .await?
-        .map_err(|e| RegistryError::Write {
-            path: self.target.clone(),
-            reason: e.to_string(),
-        })?;
+        let (path, data) = (target.clone(), document.as_bytes().to_vec());
+        blocking("writing", &target, move || write_atomically(&path, &data))
+            .await?
+            .map_err(|e| RegistryError::Write {
+                path: target.clone(),
+                reason: e.to_string(),
+            })?;
         for session in &set.sessions {
             session.start_refresher();
         }
@@ -185,7 +198,7 @@ impl CloudRegistry {
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(set);
         }
-        tracing::info!(path = %self.target.display(), clouds = ?names, "clouds replaced");
+        tracing::info!(path = %target.display(), clouds = ?names, "clouds replaced");
         Ok(names)
     }
 }

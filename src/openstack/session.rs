@@ -146,8 +146,8 @@ pub struct Session {
     cloud: CloudConfig,
     /// HTTP clients built with the cloud's TLS settings.
     clients: HttpClients,
-    /// `token_refresh_margin` from the daemon config.
-    margin: Duration,
+    /// `token_refresh_margin` from the daemon config (a reload may change it).
+    margin: Mutex<Duration>,
     /// Where tokens come from.
     issuer: TokenIssuer,
     /// The current token, if any; replaced as a whole.
@@ -215,7 +215,7 @@ impl Session {
         Arc::new(Session {
             cloud,
             clients,
-            margin,
+            margin: Mutex::new(margin),
             issuer,
             current: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
@@ -233,6 +233,17 @@ impl Session {
     /// The cloud's settings (a reload keeps the session when they are unchanged).
     pub(crate) fn cloud(&self) -> &CloudConfig {
         &self.cloud
+    }
+
+    fn margin(&self) -> Duration {
+        *self.margin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts a new `token_refresh_margin` in force (a reload): the token is kept,
+    /// and the refresh loop reschedules its next refresh by it.
+    pub(crate) fn set_margin(&self, margin: Duration) {
+        *self.margin.lock().unwrap_or_else(|p| p.into_inner()) = margin;
+        self.wake.notify_waiters();
     }
 
     fn current(&self) -> Option<Arc<Authenticated>> {
@@ -566,7 +577,7 @@ async fn refresh_loop(weak: Weak<Session>, wake: Arc<Notify>) {
                 (Some(until), _) => until,
                 (None, Some(current)) if current.usable_at(now) => {
                     let requested_at = current.token.valid_until - current.token.lifetime;
-                    requested_at + refresh_delay(current.token.lifetime, session.margin)
+                    requested_at + refresh_delay(current.token.lifetime, session.margin())
                 }
                 _ => now,
             }

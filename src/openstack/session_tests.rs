@@ -252,3 +252,27 @@ async fn keystone_down_at_start_recovers_without_a_restart() {
     assert!(session.status().authenticated);
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_margin_reschedules_the_refresh_and_keeps_the_token() {
+    let life = Duration::from_secs(1000);
+    let (session, calls) = counting_session(life, Duration::from_secs(100), u32::MAX, 0);
+    session.start_refresher();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let token = session.status().token_expires_at;
+
+    // Refresh at 900 s by the old margin, at 500 s by the new one.
+    session.set_margin(Duration::from_secs(500));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the token is kept");
+    assert_eq!(session.status().token_expires_at, token);
+    tokio::time::sleep(Duration::from_secs(475)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "refreshed by the new margin"
+    );
+}

@@ -1,12 +1,19 @@
-//! `SIGHUP`: the clouds.yaml read again, put in force without dropping what did
-//! not change. A cloud whose settings are the same keeps its session (and its
-//! token: no new login); a new or changed cloud gets a new session that
-//! authenticates in the background; a removed cloud leaves the set (an upload
-//! under way on it holds its session and finishes).
+//! `SIGHUP`: the clouds.yaml and the registry's settings read again, put in
+//! force without dropping what did not change. A cloud whose settings are the
+//! same keeps its session (and its token: no new login; a new
+//! `token_refresh_margin` only reschedules its next refresh); a new or changed
+//! cloud gets a new session that authenticates in the background; a removed
+//! cloud leaves the set (an upload under way on it holds its session and
+//! finishes).
+//!
+//! In two steps, so that the daemon's reload is all or nothing:
+//! [`CloudRegistry::prepare_reload`] does everything that can fail and changes
+//! nothing; [`StagedClouds::commit`] cannot fail. Between the two, the registry
+//! is locked against `PUT /v1/clouds`.
 
 use std::sync::Arc;
 
-use super::{CloudRegistry, CloudSet, RegistryError};
+use super::{CloudRegistry, CloudSet, RegistryError, RegistrySettings};
 use crate::clouds::CloudsFile;
 use crate::openstack::session::Session;
 
@@ -23,17 +30,37 @@ pub(crate) struct CloudsReloaded {
     pub(crate) removed: Vec<String>,
 }
 
+/// A reload checked and built, not yet in force.
+#[must_use = "nothing is in force until it is committed"]
+pub(crate) struct StagedClouds<'a> {
+    registry: &'a CloudRegistry,
+    /// Held until the commit: no `PUT /v1/clouds` in between.
+    _one_at_a_time: tokio::sync::MutexGuard<'a, ()>,
+    set: CloudSet,
+    /// The new sessions, whose refresh loops start at the commit.
+    fresh: Vec<Arc<Session>>,
+    settings: RegistrySettings,
+    report: CloudsReloaded,
+}
+
 impl CloudRegistry {
-    /// Puts `file`'s clouds in force (see the module). On an error (a default
-    /// cloud the file lacks, TLS settings that cannot be used) nothing changes.
-    pub(crate) async fn reload(&self, file: &CloudsFile) -> Result<CloudsReloaded, RegistryError> {
-        let _one_at_a_time = self.replacing.lock().await;
+    /// Checks and builds `file`'s clouds under `settings` (see the module),
+    /// changing nothing. An error (a default cloud the file lacks, TLS settings
+    /// that cannot be used) leaves everything as it was.
+    pub(crate) async fn prepare_reload(
+        &self,
+        file: &CloudsFile,
+        settings: RegistrySettings,
+    ) -> Result<StagedClouds<'_>, RegistryError> {
+        let one_at_a_time = self.replacing.lock().await;
         let old = self.snapshot();
         let default = if file.clouds.is_empty() {
             None
         } else {
-            let (name, warning) =
-                file.default_cloud(self.configured_default.as_deref(), self.os_cloud.as_deref())?;
+            let (name, warning) = file.default_cloud(
+                settings.configured_default.as_deref(),
+                self.os_cloud.as_deref(),
+            )?;
             if let Some(warning) = warning {
                 tracing::warn!("{warning}");
             }
@@ -56,7 +83,7 @@ impl CloudRegistry {
                         &mut report.added
                     };
                     list.push(cloud.name.clone());
-                    let session = Session::new(cloud.clone(), self.margin)?;
+                    let session = Session::new(cloud.clone(), settings.margin)?;
                     fresh.push(session.clone());
                     sessions.push(session);
                 }
@@ -68,16 +95,38 @@ impl CloudRegistry {
             .map(|s| s.name().to_string())
             .filter(|name| !file.clouds.iter().any(|c| &c.name == name))
             .collect();
-        for session in &fresh {
-            session.start_refresher();
-        }
-        if let Ok(mut current) = self.current.write() {
-            *current = Arc::new(CloudSet {
+        Ok(StagedClouds {
+            registry: self,
+            _one_at_a_time: one_at_a_time,
+            set: CloudSet {
                 sessions,
                 default,
                 clouds: file.clouds.clone(),
-            });
+            },
+            fresh,
+            settings,
+            report,
+        })
+    }
+}
+
+impl StagedClouds<'_> {
+    /// Puts the staged clouds and settings in force.
+    pub(crate) fn commit(self) -> CloudsReloaded {
+        let registry = self.registry;
+        let margin = self.settings.margin;
+        let margin_changed = registry.settings().margin != margin;
+        *registry.settings() = self.settings;
+        for session in &self.set.sessions {
+            if self.fresh.iter().any(|f| Arc::ptr_eq(f, session)) {
+                session.start_refresher();
+            } else if margin_changed {
+                session.set_margin(margin);
+            }
         }
-        Ok(report)
+        if let Ok(mut current) = registry.current.write() {
+            *current = Arc::new(self.set);
+        }
+        self.report
     }
 }
