@@ -19,6 +19,8 @@ pub struct Bed {
     pub keystone_url: String,
     pub glance_url: String,
     pub glance_capped_url: Option<String>,
+    /// Cloud B's own Glance (its project, database and store).
+    pub glance_b_url: String,
 }
 
 impl Bed {
@@ -49,6 +51,7 @@ impl Bed {
                 keystone_url: format!("http://127.0.0.1:{}/v3", setting("keystone_port")),
                 glance_url: format!("http://127.0.0.1:{}", setting("glance_port")),
                 glance_capped_url: (!capped.is_empty()).then(|| format!("http://127.0.0.1:{capped}")),
+                glance_b_url: format!("http://127.0.0.1:{}", setting("glance_b_port")),
             }
         })
     }
@@ -439,13 +442,25 @@ async fn token_of(session: &Session) -> String {
 pub struct Direct {
     pub session: std::sync::Arc<Session>,
     pub http: reqwest::Client,
+    glance_url: String,
 }
 
 impl Direct {
+    /// Cloud A's project, as the bed's `charm` user.
     pub fn charm() -> Direct {
         Direct {
             session: Bed::get().session("charm"),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            glance_url: Bed::get().glance_url.clone(),
+        }
+    }
+
+    /// Cloud B's project and Glance, as the bed's `charm-b` user.
+    pub fn cloud_b() -> Direct {
+        Direct {
+            session: Bed::get().session("charm-b"),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            glance_url: Bed::get().glance_b_url.clone(),
         }
     }
 
@@ -456,7 +471,7 @@ impl Direct {
     /// A request to Glance's `path` with the charm's token.
     async fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .request(method, format!("{}{path}", Bed::get().glance_url))
+            .request(method, format!("{}{path}", self.glance_url))
             .header("X-Auth-Token", self.token().await)
     }
 

@@ -6,6 +6,7 @@ mod activation;
 mod cli;
 mod clouds_put;
 mod credentials;
+mod fanout;
 mod faults;
 mod file_changes;
 mod foundation;
