@@ -48,6 +48,8 @@ class Bed:
         ]
         # Tokens by cloud, with when they were fetched: the bed's may live 60 s only.
         self._tokens: Dict[str, Tuple[str, float]] = {}
+        # Each cloud's project id, from its token.
+        self._projects: Dict[str, str] = {}
 
     def document(self, *names: str, **overrides: Dict[str, Any]) -> Dict[str, Any]:
         """A clouds.yaml document (as parsed) with the bed's clouds `names`."""
@@ -89,6 +91,7 @@ class Bed:
             )
             with urllib.request.urlopen(request, timeout=30) as response:
                 self._tokens[cloud] = (response.headers["X-Subject-Token"], time.monotonic())
+                self._projects[cloud] = json.loads(response.read())["token"]["project"]["id"]
         return self._tokens[cloud][0]
 
     def glance(self, cloud: str, method: str, path: str) -> Any:
@@ -103,8 +106,11 @@ class Bed:
         return json.loads(raw) if raw else None
 
     def images(self, cloud: str, name: str) -> List[Dict[str, Any]]:
-        """Every image (any status) named `name` in `cloud`'s project."""
-        return list(self.glance(cloud, "GET", f"/v2/images?name={name}&limit=100")["images"])
+        """Every image (any status) named `name` in `cloud`'s project (an admin sees
+        every project's images: the owner is asked for)."""
+        self.token(cloud)
+        query = f"name={name}&owner={self._projects[cloud]}&limit=100"
+        return list(self.glance(cloud, "GET", f"/v2/images?{query}")["images"])
 
 
 def free_port() -> int:
