@@ -7,6 +7,9 @@
 #   2. upload: the daemon (read once, md5 + sha512 while streaming, verify, prune)
 #      against `curl -T` of the same file straight to the same Glance.
 #   3. the daemon's peak memory (VmHWM) over the upload.
+#   4. one image to two clouds (fan-out) against two sequential uploads, and
+#      "latest" with 2,000 images in the project (benches/scale.sh).
+#   5. many hooks asking "latest" at once (benches/load.rs).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../tests/daemon.sh
@@ -68,6 +71,9 @@ awk -v c="$curl_s" -v d="$daemon_s" -v m="$size_mib" 'BEGIN {
   printf "%-44s%6.2f s  %6.0f MiB/s\n", "daemon (md5+sha512 in one read, verify):", d, m/d }'
 echo "== daemon memory"
 grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'
+
+# shellcheck source=scale.sh
+source "$repo/benches/scale.sh"
 
 echo "== many hooks at once (benches/load.rs: every answer checked; Glance calls counted at Glance)"
 load_files=()

@@ -412,3 +412,74 @@ async fn a_fan_out_and_a_single_upload_of_one_name_take_turns_in_the_cloud_they_
     assert_eq!(b_images.len(), 1);
     assert_eq!(b_images[0]["id"], same["image_id"]);
 }
+
+/// Runs the CLI with `args`; its exit code, stdout and stderr.
+async fn cli(args: Vec<String>) -> (Option<i32>, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"));
+    command.args(args);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn the_cli_uploads_to_several_clouds_and_prints_a_line_per_cloud() {
+    let d = spawn_daemon(&two_clouds(&[]), |_| {}).await;
+    let app = unique_app("fancli");
+    let file = write_raw_image(&d.upload_dir, "img", 256 * 1024);
+    let args = |words: &[&str]| {
+        let mut all = vec!["--config".to_string(), d.config_path.display().to_string()];
+        all.extend(words.iter().map(|w| w.to_string()));
+        all.extend(["--base", "jammy", "--app-name", &app, "--arch", "x64"].map(String::from));
+        all
+    };
+    let src = file.display().to_string();
+    let upload = [
+        "upload",
+        "--num-revisions",
+        "1",
+        "--src-path",
+        &src,
+        "--cloud",
+        "charm",
+        "--cloud",
+        "charm-b",
+    ];
+    let (code, out, err) = cli(args(&upload)).await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let id_of = |cloud: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{cloud} ")))
+            .unwrap_or_else(|| panic!("no line for {cloud}: {out}"))
+            .to_string()
+    };
+    let (id_a, id_b) = (id_of("charm"), id_of("charm-b"));
+    assert_holds(&Direct::charm(), &id_a, &file).await;
+    assert_holds(&Direct::cloud_b(), &id_b, &file).await;
+
+    for latest in [
+        vec!["latest", "--all-clouds"],
+        vec!["latest", "--cloud", "charm", "--cloud", "charm-b"],
+    ] {
+        let (code, out, err) = cli(args(&latest)).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(out, format!("charm {id_a}\ncharm-b {id_b}\n"));
+    }
+    let mut again = upload.to_vec();
+    again.push("--skip-unchanged");
+    let (code, out, err) = cli(args(&again)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, format!("charm {id_a}\ncharm-b {id_b}\n"));
+    assert!(
+        err.contains("charm: unchanged") && err.contains("charm-b: unchanged"),
+        "{err}"
+    );
+    let (code, _, err) = cli(args(&["latest", "--cloud", "charm", "--cloud", "nope"])).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nope: error: unknown_cloud"), "{err}");
+}
