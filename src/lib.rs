@@ -13,8 +13,9 @@
 //! - [`clouds`]: clouds.yaml (and secure.yaml) in openstacksdk's format: the search
 //!   path, the per-cloud settings, the auth types.
 //! - [`openstack`]: Keystone sessions (token refresh), Glance calls, the cloud registry.
-//! - [`images`]: names (and the name template), upload requests, upload +
-//!   verification, pruning, the reaper. Knows no HTTP.
+//! - [`images`]: names (and the name template), upload requests, the upload as
+//!   stages to one or many clouds from one read (`images::upload`), pruning, the
+//!   reaper. Knows no HTTP.
 //! - [`api`]: the API's wire types (request and answer bodies), shared by the
 //!   handlers, the CLI and the OpenAPI document.
 //! - [`jobs`]: every upload is a job: recorded on disk, idempotency keys, upload
