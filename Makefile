@@ -33,6 +33,7 @@ unit:
 	cargo test --lib
 
 bench: build
+	cargo build --release --bench load
 	tests/openstack/up.sh
 	benches/compare.sh
 
