@@ -104,20 +104,13 @@ impl Shutdown {
     }
 
     /// Runs `work` in a task of its own that a client hanging up does not cancel.
-    /// When `shutdown_grace` ends first, `on_abort` is called (the work still
-    /// exists: it may read its progress), `work` is dropped (no further step of
-    /// it runs), and the future `on_abort` returned cleans up: its value is the task's.
-    /// Refused once the stop has begun.
-    pub(crate) fn spawn<T, W, A, AF>(
-        &self,
-        work: W,
-        on_abort: A,
-    ) -> Result<JoinHandle<T>, ShuttingDown>
+    /// When `shutdown_grace` ends first, `work` is dropped (no further step of it
+    /// runs; what it leaves is the stop's `on_abort` hooks' to clean up) and the
+    /// task's value is `None`. Refused once the stop has begun.
+    pub(crate) fn spawn<T, W>(&self, work: W) -> Result<JoinHandle<Option<T>>, ShuttingDown>
     where
         T: Send + 'static,
         W: Future<Output = T> + Send + 'static,
-        A: FnOnce() -> AF + Send + 'static,
-        AF: Future<Output = T> + Send + 'static,
     {
         let hooks = self.hooks();
         if hooks.closed {
@@ -129,14 +122,8 @@ impl Shutdown {
             let mut work = Box::pin(work);
             tokio::select! {
                 biased;
-                value = &mut work => value,
-                _ = abort.cancelled() => {
-                    // Called while the work still exists, so that it can look at
-                    // the work's progress; then the work is dropped.
-                    let clean_up = on_abort();
-                    drop(work);
-                    clean_up.await
-                }
+                value = &mut work => Some(value),
+                _ = abort.cancelled() => None,
             }
         });
         drop(hooks);
@@ -233,17 +220,14 @@ mod tests {
     async fn work_that_ends_within_the_grace_ends_normally() {
         let stop = Shutdown::new();
         let task = stop
-            .spawn(
-                async {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    "done"
-                },
-                || async { "aborted" },
-            )
+            .spawn(async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "done"
+            })
             .unwrap();
         let report = stop.stop(Duration::from_secs(60)).await;
         assert_eq!(report, StopReport { aborted: 0 });
-        assert_eq!(task.await.unwrap(), "done");
+        assert_eq!(task.await.unwrap(), Some("done"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -255,19 +239,16 @@ mod tests {
             counter.fetch_add(1, Ordering::SeqCst);
         });
         let task = stop
-            .spawn(
-                async {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    "done"
-                },
-                || async { "aborted" },
-            )
+            .spawn(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "done"
+            })
             .unwrap();
         let started = tokio::time::Instant::now();
         let report = stop.stop(Duration::from_secs(10)).await;
         assert_eq!(report, StopReport { aborted: 1 });
         assert!(started.elapsed() < Duration::from_secs(11));
-        assert_eq!(task.await.unwrap(), "aborted");
+        assert_eq!(task.await.unwrap(), None, "the work was dropped");
         assert_eq!(aborted_hooks.load(Ordering::SeqCst), 1);
     }
 
@@ -284,7 +265,7 @@ mod tests {
         stop.begin();
         assert!(stop.is_stopping());
         assert_eq!(closed.load(Ordering::SeqCst), 1);
-        let refused = stop.spawn(async {}, || async {});
+        let refused = stop.spawn(async {});
         assert_eq!(refused.err(), Some(ShuttingDown));
         // A hook registered late runs at once.
         let counter = closed.clone();

@@ -109,7 +109,7 @@ pub(crate) async fn upload(
         // Under the daemon's stop: a client that hangs up does not cancel it; a
         // stop lets it run for shutdown_grace (see crate::shutdown). Refused
         // once the stop began: the dropped task records the job interrupted.
-        if state.images.shutdown().spawn(work, || async {}).is_err() {
+        if state.images.shutdown().spawn(work).is_err() {
             tracing::info!(job = %id, "the daemon is stopping: the job does not start");
         }
     }

@@ -95,13 +95,19 @@ async fn a_revoked_token_is_replaced_on_the_next_call() {
         after["unauthorized_responses"].as_u64().unwrap() >= 1,
         "{after}"
     );
-    // One re-authentication; and under `make test`'s 60 s tokens, a slow run may
-    // also see the scheduled refresh (at 90 % of the life), never more.
+    // At most one re-authentication per 401 the daemon saw; and under `make
+    // test`'s 60 s tokens, a slow run may also see the scheduled refresh (at 90 %
+    // of the life), never more. Usually that is one re-authentication. Under
+    // load, the start-up reaper's listing can reach Glance only after the
+    // disable: its 401 re-authenticates first, within the second of the
+    // revocation (Keystone's granularity), so that token is refused too and the
+    // probe's 401 needs a second one: two 401s, two logins, still no storm.
     let refreshes = u64::from(authenticated.elapsed() >= Bed::get().token_lifetime * 8 / 10);
     let requests = after["token_requests"].as_u64().unwrap();
+    let refusals = after["unauthorized_responses"].as_u64().unwrap();
     assert!(
-        requests >= 2 && requests <= 2 + refreshes,
-        "one re-authentication: {after}"
+        requests >= 2 && requests <= 1 + refusals.min(2) + refreshes,
+        "one re-authentication per 401: {after}"
     );
     assert_eq!(d.latest(&probe, None).await.status, 200);
     assert_eq!(glance_requests(&refused).await, 1);
