@@ -4,7 +4,6 @@
 //! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
 //! into [`UploadRequest`]s and [`ImageError`]s into status codes.
 
-pub(crate) mod activation;
 pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;

@@ -8,10 +8,10 @@ use std::sync::{Arc, OnceLock};
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
+use super::activation;
 use super::reader::{self, Digests, Flow, SinkBody};
 use super::verify::{self, Mismatch};
 use super::{CloudRun, Stage, Upload};
-use crate::images::activation;
 use crate::images::names::FieldError;
 use crate::images::progress::UploadReservation;
 use crate::images::source::{HashAlgo, SourceError, SourceFile};

@@ -15,6 +15,7 @@
 //! a 5xx, a mismatch, a quota) deletes that cloud's image and drops it, and the
 //! others go on. The per-cloud work of a stage is in [`cloud`].
 
+mod activation;
 mod cloud;
 pub(crate) mod reader;
 mod report;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::activation::UploadClocks;
 use super::names::ImageName;
 use super::progress::UploadReservation;
 use super::request::{Targets, UploadRequest};
@@ -33,6 +33,7 @@ use super::{ImageError, ImageService, ImageSettings, UploadOutcome};
 use crate::jobs::{JobFailure, JobRequest, JobState, JobTask};
 use crate::openstack::glance::{DiskFormat, Image};
 use crate::openstack::session::Session;
+use activation::UploadClocks;
 use report::Report;
 
 /// An upload whose request, file and clouds were checked (the request's errors

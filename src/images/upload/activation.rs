@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::upload::reader::Flow;
-use super::ImageError;
+use super::reader::Flow;
+use crate::images::ImageError;
 use crate::openstack::glance::{Image, ImageStatus};
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
