@@ -502,6 +502,26 @@ impl Direct {
         body["images"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The newest active image of that name (the names tests use are their own) as Glance itself
+    /// orders them (`created_at`, then id; a database that keeps sub-second
+    /// times, like the bed's sqlite, orders one second's images by time).
+    pub async fn newest_active(&self, name: &str) -> Option<Value> {
+        let r = self
+            .call(reqwest::Method::GET, "/v2/images")
+            .await
+            .query(&[
+                ("name", name),
+                ("status", "active"),
+                ("sort", "created_at:desc,id:desc"),
+                ("limit", "1"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        body["images"].as_array().and_then(|l| l.first()).cloned()
+    }
+
     /// Creates an image and leaves it `queued`, as an upload under way elsewhere would.
     pub async fn create_queued(&self, name: &str, properties: Value) -> String {
         let mut body =
