@@ -45,13 +45,17 @@ printf '%-44s' "daemon, CLI (fresh process):"
 for _ in $(seq "$runs"); do
   t=$(now); cli latest --base jammy --app-name bench --arch x64 >/dev/null; since "$t"
 done | stats
+# $runs "latest" through the daemon's HTTP API, as a hook would, timed.
+daemon_latest_runs() {
+  for _ in $(seq "$runs"); do
+    t=$(now)
+    curl -fsS -o /dev/null -H "Authorization: Bearer $token" \
+      "http://127.0.0.1:$port/v1/images/latest?base=jammy&app_name=bench&arch=x64"
+    since "$t"
+  done | stats
+}
 printf '%-44s' "daemon, HTTP (curl, as a hook would):"
-for _ in $(seq "$runs"); do
-  t=$(now)
-  curl -fsS -o /dev/null -H "Authorization: Bearer $token" \
-    "http://127.0.0.1:$port/v1/images/latest?base=jammy&app_name=bench&arch=x64"
-  since "$t"
-done | stats
+daemon_latest_runs
 
 echo "== upload of $size_mib MiB"
 gtoken=$(curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by benches/compare.sh after its own rows (uses its daemon, `cli`,
-# `now`/`since`/`stats`, $image, $size_mib, $gtoken, $glance, $bed, $venv, $port,
+# `now`/`since`/`stats`/`daemon_latest_runs`, $image, $size_mib, $gtoken, $glance, $bed, $venv, $port,
 # $token, $runs). Two rows of issue #10:
 #
 #   1. one image to two clouds: the daemon's fan-out (one read) against two
@@ -48,12 +48,7 @@ count_all() {
 latest_rows() {
   local label=$1
   printf '%-44s' "  daemon, HTTP ($label):"
-  for _ in $(seq "$runs"); do
-    t=$(now)
-    curl -fsS -o /dev/null -H "Authorization: Bearer $token" \
-      "http://127.0.0.1:$port/v1/images/latest?base=jammy&app_name=bench&arch=x64"
-    since "$t"
-  done | stats
+  daemon_latest_runs
   printf '%-44s' "  old way, fresh python ($label):"
   for _ in $(seq 3); do
     t=$(now); OS_CLIENT_CONFIG_FILE=$bed/clouds.yaml "$venv/bin/python" "$repo/benches/old_latest.py" charm jammy-bench-x64 >/dev/null; since "$t"

@@ -198,34 +198,17 @@ fn read_clouds(config: &Config) -> Result<(CloudsFile, PathBuf), ReloadError> {
 
 /// The keys whose values differ between `old` and `new`.
 fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
-    // Destructured, so that a key added to Config and not compared here is an
-    // unused variable: a warning, which the build refuses.
-    let Config {
-        listen,
-        clouds_yaml,
-        default_cloud,
-        state_dir,
-        api_token_file,
-        upload_dirs,
-        image_name_template,
-        token_refresh_margin,
-        stale_upload_age,
-        reaper_interval,
-        upload_stall_timeout,
-        allow_non_loopback,
-        log_format,
-        max_concurrent_uploads,
-        job_retention,
-        activation_timeout,
-        shutdown_grace,
-    } = old;
-    let mut keys = Vec::new();
-    macro_rules! compare {
-        ($($key:ident),* $(,)?) => {
+    // Each key named once: destructured (without `..`, so a key added to Config
+    // and not listed here does not build), then compared.
+    macro_rules! changed {
+        ($($key:ident),* $(,)?) => {{
+            let Config { $($key),* } = old;
+            let mut keys = Vec::new();
             $( if *$key != new.$key { keys.push(stringify!($key)); } )*
-        };
+            keys
+        }};
     }
-    compare!(
+    changed!(
         listen,
         clouds_yaml,
         default_cloud,
@@ -243,8 +226,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         job_retention,
         activation_timeout,
         shutdown_grace,
-    );
-    keys
+    )
 }
 
 /// The keys that differ between `old` and `new` and cannot change while running.

@@ -197,11 +197,7 @@ impl ImageService {
         &self,
         family: &ImageFamily,
     ) -> Result<Vec<(String, Result<LatestImage, ImageError>)>, ImageError> {
-        let sessions = self.clouds.sessions();
-        if sessions.is_empty() {
-            // The registry's own "no clouds" error, with its advice.
-            self.clouds.session(None)?;
-        }
+        let sessions = self.every_session()?;
         let answers = futures_util::future::join_all(
             sessions.iter().map(|s| self.latest(Some(s.name()), family)),
         )
@@ -211,6 +207,16 @@ impl ImageService {
             .map(|s| s.name().to_string())
             .zip(answers)
             .collect())
+    }
+
+    /// Every configured cloud's session; none is the registry's own "no
+    /// clouds" error, with its advice.
+    fn every_session(&self) -> Result<Vec<Arc<Session>>, ImageError> {
+        let sessions = self.clouds.sessions();
+        if sessions.is_empty() {
+            self.clouds.session(None)?;
+        }
+        Ok(sessions)
     }
 
     fn lock_for(&self, cloud: &str, name: &ImageName) -> NameLock {

@@ -151,14 +151,7 @@ impl ImageService {
                 .iter()
                 .map(|n| self.clouds.session(Some(n)))
                 .collect::<Result<_, _>>()?,
-            Targets::Every => {
-                let all = self.clouds.sessions();
-                if all.is_empty() {
-                    // The registry's own "no clouds" error, with its advice.
-                    self.clouds.session(None)?;
-                }
-                all
-            }
+            Targets::Every => self.every_session()?,
         };
         let clouds = match request.targets {
             Targets::One(_) => sessions.into_iter().map(|s| (s, None)).collect(),
