@@ -144,6 +144,8 @@ fn image_settings(config: &Config, daemon_id: String, upload_dirs: Vec<PathBuf>)
         activation_timeout: config.activation_timeout,
         daemon_id,
         upload_dirs,
+        upload_attempts: 3,
+        upload_retry_backoff: std::time::Duration::from_secs(2),
     }
 }
 
@@ -152,6 +154,7 @@ fn job_settings(config: &Config) -> JobSettings {
     JobSettings {
         max_concurrent_uploads: config.max_concurrent_uploads,
         job_retention: config.job_retention,
+        max_queued_uploads: 64,
     }
 }
 
@@ -169,6 +172,7 @@ pub(crate) struct App {
 /// sessions start authenticating in the background; Keystone being down is not
 /// an error (status says so, and they recover by themselves).
 pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
+    crate::openstack::observe::install(&crate::metrics::OPENSTACK_CALLS);
     let runtime = prepare_runtime(config)?;
     let (clouds_file, target) = load_clouds(config)?;
     let os_cloud = std::env::var("OS_CLOUD").ok().filter(|s| !s.is_empty());

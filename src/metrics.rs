@@ -1,9 +1,10 @@
 //! The daemon's metrics, served as OpenMetrics text by `GET /metrics`.
 //!
 //! One process is one daemon, so the series live in one process-wide registry
-//! that the rest of the code feeds with one-line hooks ([`observe_openstack`],
-//! [`observe_token_request`], [`upload_ended`], [`images_pruned`],
-//! [`images_reaped`]). Gauges that describe the present (uploads in flight, jobs
+//! that the rest of the code feeds with one-line hooks ([`upload_ended`],
+//! [`images_pruned`], [`images_reaped`], [`upload_retried`]), and that the
+//! OpenStack client feeds through the [`Observer`] it is handed
+//! ([`OPENSTACK_CALLS`]). Gauges that describe the present (uploads in flight, jobs
 //! by state) are not counted up and down: the scrape sets them from the daemon's
 //! own view ([`Gauges`]), so they cannot drift.
 //!
@@ -11,9 +12,7 @@
 //! operation names from a fixed list ([`Operation`]), status classes, results.
 //! Never a URL, an image id, a path or anything secret.
 
-use std::future::Future;
 use std::sync::LazyLock;
-use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +23,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::jobs::{JobRequest, JobState, Jobs};
+use crate::openstack::observe::Observer;
 use crate::openstack::{OpenStackError, Service};
 
 closed_set! {
@@ -147,6 +147,7 @@ struct Metrics {
     jobs: Family<StateLabels, Gauge>,
     pruned: Family<CloudLabels, Counter>,
     reaped: Family<CloudLabels, Counter>,
+    retries: Family<CloudLabels, Counter>,
 }
 
 fn request_buckets() -> Histogram {
@@ -172,6 +173,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         jobs: Family::default(),
         pruned: Family::default(),
         reaped: Family::default(),
+        retries: Family::default(),
     };
     registry.register(
         "token_requests",
@@ -215,6 +217,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         metrics.reaped.clone(),
     );
     registry.register(
+        "upload_retries",
+        "Uploads tried again after a transient fault (a 5xx, a dropped or refused connection)",
+        metrics.retries.clone(),
+    );
+    registry.register(
         "build",
         "The daemon's version",
         Info::new(BuildLabels {
@@ -227,28 +234,47 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
-/// Sends an OpenStack request (`operation` is `METHOD /path` as sent) and
-/// counts it with its latency. Hook: wraps the client's `execute`.
-pub(crate) async fn observe_openstack<E>(
-    service: Service,
-    operation: &str,
-    send: impl Future<Output = Result<reqwest::Response, E>>,
-) -> Result<reqwest::Response, E> {
-    let op = match service {
-        Service::Glance => Operation::of_glance(operation),
-        Service::Keystone => Operation::TokensIssue,
-    };
-    let started = Instant::now();
-    let result = send.await;
-    let status = match &result {
-        Ok(response) => status_class(response.status().as_u16()),
-        Err(_) => "error",
-    };
-    record_request(service, op, status, started);
-    result
+/// The OpenStack client's calls, counted: installed at start-up as the
+/// client's [`Observer`], so that the client does not reach up here.
+pub(crate) struct OpenStackCalls;
+
+/// The one sink of the OpenStack client's calls.
+pub(crate) static OPENSTACK_CALLS: OpenStackCalls = OpenStackCalls;
+
+impl Observer for OpenStackCalls {
+    /// Counts a request with its latency.
+    fn request(&self, service: Service, operation: &str, status: Option<u16>, seconds: f64) {
+        let op = match service {
+            Service::Glance => Operation::of_glance(operation),
+            Service::Keystone => Operation::TokensIssue,
+        };
+        let status = status.map_or("error", status_class);
+        record_request(service, op, status, seconds);
+    }
+
+    /// Counts a token request by cloud and result (`success`, `unauthorized`:
+    /// the credentials were refused, `failed`: anything else), and as an
+    /// OpenStack request `tokens.issue`.
+    fn token(&self, cloud: &str, error: Option<&OpenStackError>, seconds: f64) {
+        let (result, status) = match error {
+            None => ("success", "2xx"),
+            Some(err @ OpenStackError::Unauthorized { .. }) => {
+                ("unauthorized", error_status_class(err))
+            }
+            Some(err) => ("failed", error_status_class(err)),
+        };
+        METRICS
+            .token_requests
+            .get_or_create(&TokenLabels {
+                cloud: cloud.to_string(),
+                result,
+            })
+            .inc();
+        record_request(Service::Keystone, Operation::TokensIssue, status, seconds);
+    }
 }
 
-fn record_request(service: Service, op: Operation, status: &'static str, started: Instant) {
+fn record_request(service: Service, op: Operation, status: &'static str, seconds: f64) {
     let m = &*METRICS;
     let (service, operation) = (service_label(service), op.as_str());
     m.requests
@@ -260,32 +286,7 @@ fn record_request(service: Service, op: Operation, status: &'static str, started
         .inc();
     m.latency
         .get_or_create(&LatencyLabels { service, operation })
-        .observe(started.elapsed().as_secs_f64());
-}
-
-/// Requests a Keystone token and counts it by cloud and result (`success`,
-/// `unauthorized`: the credentials were refused, `failed`: anything else), and
-/// as an OpenStack request `tokens.issue`. Hook: wraps the token issuer.
-pub(crate) async fn observe_token_request<T>(
-    cloud: &str,
-    issue: impl Future<Output = Result<T, OpenStackError>>,
-) -> Result<T, OpenStackError> {
-    let started = Instant::now();
-    let result = issue.await;
-    let (result_label, status) = match &result {
-        Ok(_) => ("success", "2xx"),
-        Err(err @ OpenStackError::Unauthorized { .. }) => ("unauthorized", error_status_class(err)),
-        Err(err) => ("failed", error_status_class(err)),
-    };
-    METRICS
-        .token_requests
-        .get_or_create(&TokenLabels {
-            cloud: cloud.to_string(),
-            result: result_label,
-        })
-        .inc();
-    record_request(Service::Keystone, Operation::TokensIssue, status, started);
-    result
+        .observe(seconds);
 }
 
 /// `bytes` of image data were taken by the HTTP client of an upload to `cloud`.
@@ -320,6 +321,16 @@ pub(crate) fn images_pruned(cloud: &str, count: usize) {
             cloud: cloud.to_string(),
         })
         .inc_by(count as u64);
+}
+
+/// An upload to `cloud` is tried again after a transient fault.
+pub(crate) fn upload_retried(cloud: &str) {
+    METRICS
+        .retries
+        .get_or_create(&CloudLabels {
+            cloud: cloud.to_string(),
+        })
+        .inc();
 }
 
 /// `count` abandoned uploads were reaped in `cloud`.
@@ -408,12 +419,7 @@ mod tests {
     #[test]
     fn the_text_has_every_family_and_the_build_info() {
         images_pruned("unit-test-cloud", 2);
-        record_request(
-            Service::Glance,
-            Operation::ImagesList,
-            "2xx",
-            Instant::now(),
-        );
+        record_request(Service::Glance, Operation::ImagesList, "2xx", 0.01);
         let text = render(&Gauges {
             uploads_in_flight: 3,
             jobs: vec![("queued", 1)],

@@ -166,7 +166,21 @@ pub(crate) struct UploadFields {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct PruneFailure {
     pub(crate) id: String,
+    /// `in_use` for a 409 from Glance (the image is kept and tried again at the
+    /// next prune of the name), else the error's code.
+    #[serde(default)]
+    pub(crate) code: String,
     pub(crate) message: String,
+}
+
+impl PruneFailure {
+    pub(crate) fn new(id: String, code: &str, message: String) -> PruneFailure {
+        PruneFailure {
+            id,
+            code: code.to_string(),
+            message,
+        }
+    }
 }
 
 /// `201` to `POST /v1/images`: the new image, active and verified.
@@ -196,6 +210,17 @@ pub(crate) struct UploadAnswer {
     /// bytes: nothing was uploaded or pruned.
     #[serde(default)]
     pub(crate) unchanged: bool,
+    /// `true` when a stop or a crash cut the prune short: the new image is
+    /// active and kept; the next upload of the name prunes the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) prune_incomplete: bool,
+    /// How many tries the upload took (transient faults are retried).
+    #[serde(default = "one")]
+    pub(crate) attempts: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One cloud's part of an upload to several clouds: its answer, or its error.
@@ -245,6 +270,8 @@ pub(crate) struct JobCloud {
     pub(crate) image_id: Option<String>,
     #[schema(required = true)]
     pub(crate) error: Option<ErrorDetail>,
+    /// The try under way, or the last one (transient faults are retried).
+    pub(crate) attempts: u32,
 }
 
 /// `{"code", "message"}` of an error, in an error answer or a failed job.
@@ -331,6 +358,7 @@ impl Job {
                         bytes_sent: c.bytes_sent,
                         image_id: c.image_id,
                         error: c.error.map(ErrorDetail::from),
+                        attempts: c.attempts,
                     };
                     (name, cloud)
                 })

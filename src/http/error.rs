@@ -17,6 +17,8 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// `Retry-After` in seconds (`429 too_many_uploads`).
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -144,6 +147,10 @@ impl From<&JobsError> for ApiError {
             JobsError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            JobsError::TooManyUploads { retry_after, .. } => ApiError {
+                retry_after: Some(retry_after.as_secs()),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_uploads", message)
+            },
             JobsError::Finished { .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 JobFailure::INTERRUPTED,
@@ -161,13 +168,20 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code, message = %self.message, "request refused");
         }
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -53,6 +53,7 @@ pub(crate) struct UploadParams {
         (status = 403, body = ErrorBody, description = "path_not_allowed"),
         (status = 404, body = ErrorBody, description = "unknown_cloud"),
         (status = 409, body = ErrorBody, description = "conflict"),
+        (status = 429, body = ErrorBody, description = "too_many_uploads: max_queued_uploads jobs are queued; Retry-After says when to try again"),
         (status = 413, body = ErrorBody, description = "image_too_large, request_too_large"),
         (status = 502, body = UploadFailed, description = "upload_image_failed, get_image_failed, openstack_connection_failed; with `clouds`, also every cloud's result (`results`)"),
         (status = 503, body = ErrorBody, description = "not_ready, shutting_down, interrupted")))]
@@ -66,11 +67,19 @@ pub(crate) async fn upload(
     let key = idempotency_key(&headers)?;
     let request = UploadRequest::parse(fields.clone())
         .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    // Identical requests arriving together take turns under their key: the
+    // second finds the first's job.
+    let _turn = match &key {
+        Some(key) => Some(state.jobs.take_turn(key).await),
+        None => None,
+    };
     // A retry is answered before its file or cloud are looked at: the file may be
     // gone by now, and the job is what the client wants.
     if let Some(retried) = retried_job(&state.jobs, key.as_ref(), &fields)? {
         return Ok(answer(&retried, wait, false).await);
     }
+    // A full queue is answered before a file is opened (each queued job holds one).
+    state.jobs.check_room()?;
     let id = JobId::random();
     let upload_id = request_id(&headers).unwrap_or_else(|| id.to_string());
     let prepared = match state.images.prepare(request, &upload_id).await {
@@ -95,6 +104,7 @@ pub(crate) async fn upload(
             per_cloud: prepared.per_cloud(),
         })
         .await?;
+    drop(_turn);
     let created = submitted.task.is_some();
     if let Some(task) = submitted.task {
         // Every log line of the job names it, its cloud and its image.

@@ -55,6 +55,10 @@ pub(crate) struct ImageSettings {
     pub(crate) daemon_id: String,
     /// `upload_dirs`, resolved (at start-up, or by a reload).
     pub(crate) upload_dirs: Vec<PathBuf>,
+    /// `upload_attempts`: tries in all for an upload that meets transient faults.
+    pub(crate) upload_attempts: u32,
+    /// `upload_retry_backoff`: the wait before the second try, doubled each try.
+    pub(crate) upload_retry_backoff: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,18 @@ pub(crate) enum ImageError {
     /// The upload task ended abnormally (a bug); the image may remain for the reaper.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ImageError {
+    /// Whether a fresh try of the upload may succeed: Glance's or the
+    /// network's transient faults ([`OpenStackError::is_transient`]), never a
+    /// 4xx, a hash mismatch, a stall or a file that changed.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            ImageError::Upload(err) | ImageError::Get(err) => err.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// Held while an upload of one name to one cloud runs.
@@ -274,13 +290,9 @@ impl ImageService {
             Ok(images) => images,
             Err(err) => {
                 tracing::warn!(cloud = %session.name(), error = %err, "cannot list images to prune");
-                return (
-                    Vec::new(),
-                    vec![PruneFailure {
-                        id: String::new(),
-                        message: format!("listing images to prune: {err}"),
-                    }],
-                );
+                let message = format!("listing images to prune: {err}");
+                let failure = PruneFailure::new(String::new(), prune_code(&err), message);
+                return (Vec::new(), vec![failure]);
             }
         };
         let plan = prune::plan_prune(
@@ -300,10 +312,7 @@ impl ImageService {
                 Ok(()) => pruned.push(id),
                 Err(err) => {
                     tracing::warn!(cloud = %session.name(), image = %id, error = %err, "prune failed");
-                    failed.push(PruneFailure {
-                        id,
-                        message: err.to_string(),
-                    });
+                    failed.push(PruneFailure::new(id, prune_code(&err), err.to_string()));
                 }
             }
         }
@@ -377,8 +386,14 @@ impl ImageService {
 
     /// Deletes an image an interrupted job created; one that cannot be deleted
     /// now is left to the reaper (it carries our marker).
+    /// The session that created it while its upload is under way (a stop), else
+    /// the cloud of that name in force (a restart).
     async fn delete_created(&self, image: &CreatedImage) {
-        let deleted = match self.clouds.session(Some(&image.cloud)) {
+        let session = match self.in_flight.session_of(&image.image_id) {
+            Some(session) => Ok(session),
+            None => self.clouds.session(Some(&image.cloud)),
+        };
+        let deleted = match session {
             Ok(session) => session
                 .glance()
                 .delete(&image.image_id)
@@ -400,12 +415,34 @@ impl ImageService {
     pub(crate) async fn run_reaper(self: Arc<Self>, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
         loop {
             ticker.tick().await;
             let reaped = self.reap().await;
             if !reaped.is_empty() {
                 tracing::info!(count = reaped.len(), "reaper deleted abandoned uploads");
             }
+            tracing::debug!("reaper: pass done");
+            if std::mem::take(&mut first) {
+                tracing::info!("reaper: first pass done");
+            }
+        }
+    }
+}
+
+/// The code of a prune's failure: `in_use` for Glance's 409 (an image servers
+/// were cloned from, on Ceph), else the contract's code for the error.
+fn prune_code(err: &OpenStackError) -> &'static str {
+    match err {
+        OpenStackError::Api { status: 409, .. } => "in_use",
+        OpenStackError::Unauthorized { .. } => "openstack_unauthorized",
+        OpenStackError::NotReady { .. } => "not_ready",
+        OpenStackError::Connection { .. }
+        | OpenStackError::Interrupted { .. }
+        | OpenStackError::Tls { .. }
+        | OpenStackError::NoEndpoint { .. } => "openstack_connection_failed",
+        OpenStackError::Api { .. } | OpenStackError::InvalidResponse { .. } => {
+            "upload_image_failed"
         }
     }
 }

@@ -6,10 +6,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Upload id → the Glance images it created (one per cloud).
-type Uploads = Arc<Mutex<HashMap<String, Vec<String>>>>;
+use crate::openstack::session::Session;
 
-fn lock(uploads: &Uploads) -> MutexGuard<'_, HashMap<String, Vec<String>>> {
+/// An image an upload created, and the session that created it: a stop
+/// deletes it with that session, even when a `PUT /v1/clouds` or a reload
+/// removed its cloud (or moved it to another project) meanwhile.
+type Created = (String, Arc<Session>);
+
+/// Upload id → the Glance images it created (one per cloud).
+type Uploads = Arc<Mutex<HashMap<String, Vec<Created>>>>;
+
+fn lock(uploads: &Uploads) -> MutexGuard<'_, HashMap<String, Vec<Created>>> {
     uploads.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -32,10 +39,10 @@ pub(crate) struct UploadReservation {
 }
 
 impl UploadReservation {
-    /// The upload created an image (in one of its clouds).
-    pub(crate) fn add_image(&self, image_id: &str) {
+    /// The upload created an image (in one of its clouds) with `session`.
+    pub(crate) fn add_image(&self, image_id: &str, session: &Arc<Session>) {
         if let Some(images) = lock(&self.uploads).get_mut(&self.upload_id) {
-            images.push(image_id.to_string());
+            images.push((image_id.to_string(), session.clone()));
         }
     }
 }
@@ -62,9 +69,16 @@ impl InFlight {
 
     /// Whether an image is being uploaded by this daemon right now.
     pub(crate) fn has_image(&self, image_id: &str) -> bool {
+        self.session_of(image_id).is_some()
+    }
+
+    /// The session that created an image being uploaded now.
+    pub(crate) fn session_of(&self, image_id: &str) -> Option<Arc<Session>> {
         lock(&self.uploads)
             .values()
-            .any(|images| images.iter().any(|id| id == image_id))
+            .flatten()
+            .find(|(id, _)| id == image_id)
+            .map(|(_, session)| session.clone())
     }
 }
 
@@ -80,9 +94,21 @@ mod tests {
             in_flight.reserve("hook-1").unwrap_err(),
             UploadIdInUse("hook-1".into())
         );
-        first.add_image("img-1");
-        first.add_image("img-2");
+        let bed = crate::clouds::CloudsFile::parse(
+            "clouds:\n  c:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n      username: u\n      password: p\n      project_name: p\n",
+            None,
+            None,
+        )
+        .unwrap();
+        let session =
+            Session::new(bed.clouds[0].clone(), std::time::Duration::from_secs(60)).unwrap();
+        first.add_image("img-1", &session);
+        first.add_image("img-2", &session);
         assert!(in_flight.has_image("img-1") && in_flight.has_image("img-2"));
+        assert!(Arc::ptr_eq(
+            &in_flight.session_of("img-2").unwrap(),
+            &session
+        ));
         let other = in_flight.reserve("hook-2").unwrap();
         drop(first);
         assert!(!in_flight.has_image("img-1"));

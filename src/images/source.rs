@@ -123,6 +123,35 @@ impl SourceFile {
         })
     }
 
+    /// A second handle on the same open file (same size, stamp and format),
+    /// for reading it again once the current read is over: the two share
+    /// their offset, so read one at a time ([`SourceFile::duplicate_at_start`]).
+    pub(crate) fn duplicate(&self) -> Result<SourceFile, SourceError> {
+        let file = self.file.try_clone().map_err(|e| SourceError::Read {
+            path: self.path.clone(),
+            reason: format!("duplicating the descriptor: {e}"),
+        })?;
+        Ok(SourceFile {
+            path: self.path.clone(),
+            file,
+            size: self.size,
+            stamp: self.stamp,
+            detected_format: self.detected_format,
+        })
+    }
+
+    /// [`SourceFile::duplicate`], positioned at the file's start: a retry's
+    /// read of the whole file again.
+    pub(crate) fn duplicate_at_start(&self) -> Result<SourceFile, SourceError> {
+        use std::io::Seek;
+        let mut again = self.duplicate()?;
+        again.file.rewind().map_err(|e| SourceError::Read {
+            path: self.path.clone(),
+            reason: format!("seek: {e}"),
+        })?;
+        Ok(again)
+    }
+
     /// Opens a path with no judgement of where it is (tests of the streaming).
     #[cfg(test)]
     pub(crate) fn open(path: &Path) -> Result<SourceFile, SourceError> {

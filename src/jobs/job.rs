@@ -163,7 +163,8 @@ impl<R: JobRequest> JobShared<R> {
         stored
     }
 
-    /// The images this job created that a stop cut off: all of them, but for
+    /// The images this job created that a stop cut off, to delete: all of them
+    /// but the kept ones (verified: a stop never deletes them) and those of
     /// clouds of a job of several clouds that already succeeded.
     pub(crate) fn unfinished_images(&self) -> Vec<CreatedImage> {
         let data = lock(&self.data);
@@ -176,11 +177,31 @@ impl<R: JobRequest> JobShared<R> {
         };
         data.images
             .iter()
-            .filter(|image| !done(&image.cloud))
+            .filter(|image| image.kept.is_none() && !done(&image.cloud))
             .cloned()
             .collect()
     }
 
+    /// Ends a job that a stop or a crash cut off (not yet written: call
+    /// [`JobShared::persist`] after). A cloud whose image was kept succeeds with
+    /// its kept answer; every other cloud, and a job with nothing kept, fails
+    /// `interrupted`. A job of several clouds succeeds only when every cloud did;
+    /// its outcome is `{"results": {cloud: answer, or {"error"}}}`. `None` when
+    /// the job had already ended.
+    pub(crate) fn interrupt(&self, message: &str) -> Option<()> {
+        let failure = JobFailure::interrupted(message);
+        self.update(|data| {
+            if data.record.state.is_terminal() {
+                return Err(JobsError::Finished {
+                    job: self.id,
+                    state: data.record.state,
+                });
+            }
+            end_interrupted(data, failure);
+            Ok(())
+        })
+        .ok()
+    }
     /// Whether the job ended more than `retention` before `now`.
     pub(crate) fn expired(&self, now: DateTime<Utc>, retention: Duration) -> bool {
         let data = lock(&self.data);
@@ -301,6 +322,60 @@ impl<R: JobRequest> JobShared<R> {
             }
         }
     }
+}
+
+/// What [`JobShared::interrupt`] records: see there.
+fn end_interrupted<R>(data: &mut JobData<R>, failure: JobFailure) {
+    let kept: BTreeMap<String, (String, serde_json::Value)> = data
+        .images
+        .iter()
+        .filter_map(|i| Some((i.cloud.clone(), (i.image_id.clone(), i.kept.clone()?))))
+        .collect();
+    let record = &mut data.record;
+    let Some(clouds) = record.clouds.as_mut() else {
+        match kept.into_values().next() {
+            Some((image_id, answer)) => {
+                record.state = JobState::Succeeded;
+                record.image_id = Some(image_id);
+                data.outcome = Some(answer);
+            }
+            None => {
+                record.state = JobState::Failed;
+                record.error = Some(failure);
+            }
+        }
+        return;
+    };
+    let mut results = serde_json::Map::new();
+    for (name, cloud) in clouds.iter_mut() {
+        if let Some((image_id, answer)) = kept.get(name) {
+            if !cloud.state.is_terminal() {
+                cloud.state = JobState::Succeeded;
+                cloud.image_id = Some(image_id.clone());
+            }
+            if cloud.state == JobState::Succeeded {
+                results.insert(name.clone(), answer.clone());
+                continue;
+            }
+        }
+        if !cloud.state.is_terminal() {
+            cloud.state = JobState::Failed;
+            cloud.error = Some(failure.clone());
+        }
+        if let Some(error) = &cloud.error {
+            let error =
+                serde_json::json!({"error": {"code": error.code, "message": error.message}});
+            results.insert(name.clone(), error);
+        }
+    }
+    let all_succeeded = clouds.values().all(|c| c.state == JobState::Succeeded);
+    record.state = if all_succeeded {
+        JobState::Succeeded
+    } else {
+        record.error = Some(failure);
+        JobState::Failed
+    };
+    data.outcome = Some(serde_json::json!({ "results": results }));
 }
 
 fn counter_at(n: u64) -> ByteCounter {
@@ -451,11 +526,46 @@ impl<R: JobRequest> JobTask<R> {
             data.images.push(CreatedImage {
                 cloud: cloud.to_string(),
                 image_id: image_id.to_string(),
+                kept: None,
             });
             Ok(())
         })?;
         self.shared.persist().await;
         Ok(())
+    }
+
+    /// Records `image_id` (verified) as kept, with the answer `answer` that the
+    /// job gives for that cloud if a stop or a crash cuts it off from now on.
+    /// Written before it returns: only then may old revisions be pruned. Called
+    /// again with the final answer once the prune is done.
+    pub async fn image_kept(
+        &self,
+        cloud: &str,
+        image_id: &str,
+        answer: serde_json::Value,
+    ) -> Result<(), JobsError> {
+        let job = self.id();
+        self.shared.update(|data| {
+            let image = data
+                .images
+                .iter_mut()
+                .find(|i| i.cloud == cloud && i.image_id == image_id)
+                .ok_or_else(|| JobsError::NoSuchCloud {
+                    job,
+                    cloud: format!("{cloud} (image {image_id})"),
+                })?;
+            image.kept = Some(answer);
+            Ok(())
+        })?;
+        let path = self.shared.ctx.store.path_of(&job);
+        self.shared
+            .persist_checked()
+            .await
+            .map_err(|source| JobsError::Io {
+                action: "record a kept image",
+                path,
+                source,
+            })
     }
 
     /// The job of one cloud succeeded with `image_id`.
@@ -505,6 +615,26 @@ impl<R: JobRequest> JobTask<R> {
             });
         }
         self.move_cloud(cloud, next, None, None).await
+    }
+
+    /// One cloud of a job of several clouds starts its try number `attempt`.
+    pub async fn cloud_attempt(&self, cloud: &str, attempt: u32) -> Result<(), JobsError> {
+        let job = self.id();
+        self.shared.update(|data| {
+            let entry = data
+                .record
+                .clouds
+                .as_mut()
+                .and_then(|clouds| clouds.get_mut(cloud))
+                .ok_or_else(|| JobsError::NoSuchCloud {
+                    job,
+                    cloud: cloud.to_string(),
+                })?;
+            entry.attempts = attempt;
+            Ok(())
+        })?;
+        self.shared.persist().await;
+        Ok(())
     }
 
     /// One cloud of a job of several clouds succeeded with `image_id`.

@@ -23,7 +23,12 @@ pub mod model;
 mod slots;
 mod store;
 mod table;
+mod turns;
 
+#[cfg(test)]
+mod kept_tests;
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 mod tests;
 
@@ -41,12 +46,14 @@ pub use model::{
     CloudProgress, CreatedImage, IdempotencyKey, InvalidIdempotencyKey, JobFailure, JobId,
     JobRecord, JobRequest, JobState,
 };
+pub use turns::Turn;
 
 use job::JobShared;
 use model::Fingerprint;
 use slots::Slots;
 use store::{JobStore, StoredJob};
 use table::Table;
+use turns::Turns;
 
 /// The daemon config's settings for jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +62,13 @@ pub struct JobSettings {
     pub max_concurrent_uploads: usize,
     /// `job_retention`: how long a finished job and its key are kept.
     pub job_retention: Duration,
+    /// `max_queued_uploads`: past it, a new job is refused
+    /// ([`JobsError::TooManyUploads`]); each queued job holds its file open.
+    pub max_queued_uploads: usize,
 }
+
+/// What a client refused for a full queue is told to wait (`Retry-After`).
+pub const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// A request to start a job.
 #[derive(Debug, Clone)]
@@ -140,6 +153,12 @@ pub enum JobsError {
     /// `503 shutting_down`.
     #[error("the daemon is shutting down and takes no new uploads")]
     ShuttingDown,
+    /// `429 too_many_uploads`, with `Retry-After`.
+    #[error("{queued} uploads are already queued (max_queued_uploads); try again in {} s", retry_after.as_secs())]
+    TooManyUploads {
+        queued: usize,
+        retry_after: Duration,
+    },
     /// The job ended (e.g. a stop interrupted it) while its task waited.
     #[error("job {job} is already {state}")]
     Finished { job: JobId, state: JobState },
@@ -173,6 +192,7 @@ impl JobsError {
         match self {
             JobsError::Conflict { .. } => "conflict",
             JobsError::ShuttingDown => "shutting_down",
+            JobsError::TooManyUploads { .. } => "too_many_uploads",
             _ => "internal_error",
         }
     }
@@ -206,6 +226,8 @@ pub struct Jobs<R> {
     submit: tokio::sync::Mutex<()>,
     /// Wakes [`Jobs::run_retention`] when a reload replaced the settings.
     settings_changed: tokio::sync::Notify,
+    /// One request at a time per `Idempotency-Key` ([`Jobs::take_turn`]).
+    turns: Turns,
 }
 
 /// How often jobs past `job_retention` are forgotten: a tenth of it, between a
@@ -243,6 +265,7 @@ impl<R: JobRequest> Jobs<R> {
             table: Mutex::new(Table::new()),
             submit: tokio::sync::Mutex::new(()),
             settings_changed: tokio::sync::Notify::new(),
+            turns: Turns::default(),
         };
         let mut recovery = Recovery {
             moved_aside: scan.moved_aside,
@@ -253,14 +276,12 @@ impl<R: JobRequest> Jobs<R> {
         stored.sort_by_key(|s| s.record.created_at);
         for stored in stored {
             let job = Arc::new(JobShared::from_stored(stored, ctx.clone())?);
-            if !job.state().is_terminal() {
-                let failure = JobFailure::interrupted(
-                    "the daemon stopped during the job (a crash, a kill, or the end of shutdown_grace); its images are deleted",
-                );
-                job.transition(JobState::Failed, Some(failure))?;
+            let message = "the daemon stopped during the job (a crash, a kill, or the end of \
+                 shutdown_grace); its unverified images are deleted";
+            if job.interrupt(message).is_some() {
                 job.persist_blocking()
                     .map_err(io("write", &ctx.store.path_of(&job.id())))?;
-                tracing::warn!(job = %job.id(), "job interrupted by the last stop: recorded failed");
+                tracing::warn!(job = %job.id(), state = %job.state(), "job interrupted by the last stop");
                 recovery.interrupted.push(job.id());
                 recovery.images_to_delete.extend(job.unfinished_images());
             }
@@ -323,6 +344,27 @@ impl<R: JobRequest> Jobs<R> {
         Ok(Some(JobHandle { shared: job }))
     }
 
+    /// Waits until no other request under `key` is between its look-up and its
+    /// job's record: hold the turn from before the look-up ([`Jobs::find_by_key`])
+    /// until [`Jobs::submit`] returned, and two identical requests arriving
+    /// together get one job.
+    pub async fn take_turn(&self, key: &IdempotencyKey) -> Turn {
+        self.turns.take(key).await
+    }
+
+    /// [`JobsError::TooManyUploads`] when `max_queued_uploads` jobs are queued.
+    /// [`Jobs::submit`] decides again; this answers a burst before any file is opened.
+    pub fn check_room(&self) -> Result<(), JobsError> {
+        let queued = self.counts().get(JobState::Queued);
+        if queued >= self.settings().max_queued_uploads {
+            return Err(JobsError::TooManyUploads {
+                queued,
+                retry_after: QUEUE_FULL_RETRY_AFTER,
+            });
+        }
+        Ok(())
+    }
+
     /// Starts a job, or, when `idempotency_key` names one (running, or ended less
     /// than `job_retention` ago) made by the same request, answers that job with
     /// no task. The same key with another request is [`JobsError::Conflict`].
@@ -353,6 +395,7 @@ impl<R: JobRequest> Jobs<R> {
         if self.ctx.is_closing() {
             return Err(JobsError::ShuttingDown);
         }
+        self.check_room()?;
         let now = Utc::now();
         let clouds = new.per_cloud.then(|| {
             new.clouds
@@ -363,6 +406,7 @@ impl<R: JobRequest> Jobs<R> {
                         bytes_sent: 0,
                         image_id: None,
                         error: None,
+                        attempts: 1,
                     };
                     (name.clone(), progress)
                 })
@@ -483,8 +527,7 @@ impl<R: JobRequest> Jobs<R> {
         let jobs: Vec<_> = self.lock_table().all().cloned().collect();
         let mut images = Vec::new();
         for job in jobs {
-            let failure = JobFailure::interrupted(message);
-            if job.transition(JobState::Failed, Some(failure)).is_ok() {
+            if job.interrupt(message).is_some() {
                 job.persist().await;
                 images.extend(job.unfinished_images());
             }

@@ -165,6 +165,13 @@ pub struct CloudProgress {
     pub bytes_sent: u64,
     pub image_id: Option<String>,
     pub error: Option<JobFailure>,
+    /// The try under way (or the last one): transient faults are retried.
+    #[serde(default = "first_attempt")]
+    pub attempts: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it.
@@ -189,10 +196,15 @@ pub struct JobRecord<R> {
 }
 
 /// An image a job created, so that a restart can delete what an interrupted job left.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedImage {
     pub cloud: String,
     pub image_id: String,
+    /// Set once the image is verified, before any prune: the cloud's answer as a
+    /// stop or a crash would leave it. A kept image is never deleted by a stop
+    /// or a restart; the job ends `succeeded` for that cloud with this answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<serde_json::Value>,
 }
 
 /// The `Idempotency-Key` header: letters, digits and `-_.:`, 1 to 128 characters.

@@ -255,6 +255,7 @@ mod tests {
             vec![CreatedImage {
                 cloud: "a".into(),
                 image_id: "img".into(),
+                kept: None,
             }],
         )
     }

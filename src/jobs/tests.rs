@@ -13,7 +13,7 @@ use super::*;
 /// A request shaped like the upload fields (typed, as the wiring will be).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Upload {
+pub(super) struct Upload {
     base: String,
     app_name: String,
     num_revisions: u32,
@@ -33,14 +33,15 @@ fn settings(max_concurrent_uploads: usize) -> JobSettings {
     JobSettings {
         max_concurrent_uploads,
         job_retention: 24 * HOUR,
+        max_queued_uploads: 64,
     }
 }
 
-fn open(dir: &Path, max: usize) -> (Jobs<Upload>, Recovery) {
+pub(super) fn open(dir: &Path, max: usize) -> (Jobs<Upload>, Recovery) {
     Jobs::open(dir, settings(max)).expect("open the jobs directory")
 }
 
-fn new_job(app_name: &str, key: Option<&str>) -> NewJob<Upload> {
+pub(super) fn new_job(app_name: &str, key: Option<&str>) -> NewJob<Upload> {
     NewJob {
         id: JobId::random(),
         request: upload(app_name),
@@ -234,7 +235,8 @@ async fn a_restart_records_unfinished_jobs_interrupted_and_returns_their_images(
         recovery.images_to_delete,
         [CreatedImage {
             cloud: "one".into(),
-            image_id: "img-cut".into()
+            image_id: "img-cut".into(),
+            kept: None,
         }]
     );
     assert_eq!(recovery.loaded, 3);
@@ -304,7 +306,8 @@ async fn a_job_of_several_clouds_keeps_each_clouds_progress_and_succeeded_clouds
         recovery.images_to_delete,
         [CreatedImage {
             cloud: "b".into(),
-            image_id: "img-b".into()
+            image_id: "img-b".into(),
+            kept: None,
         }],
         "cloud a succeeded: its image stays"
     );
@@ -380,6 +383,7 @@ async fn an_expired_key_is_free_even_before_the_pruner_runs_and_old_jobs_go_at_o
     let short = JobSettings {
         max_concurrent_uploads: 1,
         job_retention: Duration::from_millis(1),
+        max_queued_uploads: 64,
     };
     let (jobs, _) = Jobs::<Upload>::open(dir.path(), short).unwrap();
     let first = jobs.submit(new_job("a", Some("k"))).await.unwrap();
@@ -692,6 +696,7 @@ async fn replaced_settings_start_a_queued_job_and_shorten_retention() {
     let wider = JobSettings {
         max_concurrent_uploads: 2,
         job_retention: Duration::from_secs(60),
+        max_queued_uploads: 64,
     };
     jobs.replace_settings(wider);
     assert_eq!(jobs.settings(), wider);

@@ -143,6 +143,13 @@ pub(crate) fn tokens_url(auth_url: &Url) -> Url {
     Url::parse(&base).unwrap_or_else(|_| auth_url.clone())
 }
 
+/// A request that failed after it was sent on a connection, with no answer and
+/// no time-out: the server closed the connection (an idle pooled one, mostly).
+/// A refused connection or a time-out is not this: the backoff handles those.
+pub(crate) fn closed_unanswered(err: &reqwest::Error) -> bool {
+    err.is_request() && !err.is_connect() && !err.is_timeout()
+}
+
 /// Authenticates once. The caller decides when (see [`super::session`]).
 pub(crate) async fn issue_token(
     client: &reqwest::Client,
@@ -151,14 +158,17 @@ pub(crate) async fn issue_token(
     let url = tokens_url(cloud.auth.auth_url());
     let body = auth_request_body(&cloud.auth);
     let sent_at = Instant::now();
-    let response = client
-        .post(url.clone())
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| {
-            OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e)
-        })?;
+    let send = || client.post(url.clone()).json(&body).send();
+    let response = match send().await {
+        // A pooled connection the server closed while it sat idle fails before
+        // any answer: once more, on a fresh connection (the pool dropped it).
+        Err(err) if closed_unanswered(&err) => {
+            tracing::debug!(cloud = %cloud.name, error = %super::error_chain(&err), "token request: connection closed before an answer; once more");
+            send().await
+        }
+        sent => sent,
+    }
+    .map_err(|e| OpenStackError::connection(&cloud.name, Service::Keystone, url.as_str(), &e))?;
     let status = response.status();
     if status.is_redirection() {
         return Err(redirect_error(
@@ -454,5 +464,89 @@ mod tests {
             "u1"
         );
         assert!(body["auth"].get("scope").is_none());
+    }
+}
+
+/// A token request on a pooled connection that the server closes without an
+/// answer (as a server whose keep-alive ran out does) is sent once more, on a
+/// fresh connection. The fake Keystone answers a connection's first request
+/// and closes it at the second: a real one cannot be made to do that on demand.
+#[cfg(test)]
+mod stale_connection_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one request (headers and a Content-Length body); `false` at EOF.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok(n) = stream.read(&mut buf).await else {
+                return false;
+            };
+            if n == 0 {
+                return false;
+            }
+            data.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&data).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if data.len() >= end + 4 + length {
+                    return true;
+                }
+            }
+        }
+    }
+
+    async fn fake_keystone(connections: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if !read_request(&mut stream).await {
+                        return;
+                    }
+                    let body = r#"{"token": {"expires_at": "2099-01-01T00:00:00Z", "issued_at": "2098-12-31T23:00:00Z", "project": {"id": "p1", "name": "p"}, "catalog": []}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-Subject-Token: t\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                    // The next request on this connection: closed, unanswered.
+                    let _ = read_request(&mut stream).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_token_request_on_a_connection_closed_unanswered_goes_again_on_a_fresh_one() {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let url = fake_keystone(connections.clone()).await;
+        let yaml = format!(
+            "clouds:\n  c:\n    auth:\n      auth_url: {url}\n      username: u\n      password: p\n      project_name: p\n"
+        );
+        let cloud = crate::clouds::CloudsFile::parse(&yaml, None, None)
+            .unwrap()
+            .clouds[0]
+            .clone();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        issue_token(&client, &cloud).await.unwrap();
+        // The pooled connection is reused, the fake closes it: one more try.
+        let token = issue_token(&client, &cloud).await.unwrap();
+        assert_eq!(token.scope.project_id("c").unwrap(), "p1");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }

@@ -10,6 +10,8 @@
 
 pub(crate) mod glance;
 pub(crate) mod keystone;
+pub(crate) mod login_backoff;
+pub(crate) mod observe;
 pub(crate) mod registry;
 pub mod session;
 
@@ -123,6 +125,18 @@ pub enum OpenStackError {
 }
 
 impl OpenStackError {
+    /// A fault that may pass on a fresh try: the service answered 500, 502, 503
+    /// or 504 (a restart behind a load balancer, sqlite's "database is
+    /// locked"), or the connection was refused, reset or timed out before it
+    /// answered. Never a 4xx (a refusal, by policy or quota, stays one).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            OpenStackError::Api { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            OpenStackError::Connection { .. } | OpenStackError::Interrupted { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn connection(
         cloud: &str,
         service: Service,
@@ -348,6 +362,12 @@ fn tls_error(cloud: &str, err: &reqwest::Error) -> OpenStackError {
     }
 }
 
+/// An idle pooled connection is dropped after this: below the keep-alive
+/// timeouts servers use (Apache's default is 5 s), so that a request is not
+/// sent on a connection the server is closing. One that still is (a shorter
+/// server timeout) is retried on a fresh connection.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 fn builder(
     cloud: &str,
     tls: &TlsSettings,
@@ -365,7 +385,7 @@ fn builder(
             env!("CARGO_PKG_VERSION")
         ))
         .connect_timeout(CONNECT_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(50))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(cacert) = &tls.cacert {
         let certs = reqwest::Certificate::from_pem_bundle(&read(cacert)?)

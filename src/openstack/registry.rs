@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use super::login_backoff::LoginBackoffs;
 use super::session::Session;
 use super::OpenStackError;
 use crate::clouds::{CloudConfig, CloudsError, CloudsFile};
@@ -81,6 +82,9 @@ pub(crate) struct CloudRegistry {
     os_cloud: Option<String>,
     /// One replacement at a time.
     replacing: tokio::sync::Mutex<()>,
+    /// Every login backoff by cloud name and auth, shared by the sessions in
+    /// force and those a `PUT /v1/clouds` or a reload builds.
+    backoffs: Arc<LoginBackoffs>,
 }
 
 impl CloudRegistry {
@@ -99,7 +103,8 @@ impl CloudRegistry {
         if let Some(warning) = warning {
             tracing::warn!("{warning}");
         }
-        let set = build_set(file, settings.margin, default)?;
+        let backoffs = Arc::new(LoginBackoffs::default());
+        let set = build_set(file, settings.margin, default, &backoffs)?;
         for session in &set.sessions {
             session.start_refresher();
         }
@@ -108,6 +113,7 @@ impl CloudRegistry {
             settings: Mutex::new(settings),
             os_cloud,
             replacing: tokio::sync::Mutex::new(()),
+            backoffs,
         })
     }
 
@@ -176,8 +182,9 @@ impl CloudRegistry {
         }
         // Building a session reads its certificate files: off the async workers.
         let margin = settings.margin;
+        let backoffs = self.backoffs.clone();
         let set = blocking("building the sessions", &target, move || {
-            build_set(&file, margin, default)
+            build_set(&file, margin, default, &backoffs)
         })
         .await??;
         let attempts = set.sessions.iter().map(|s| s.renew(None));
@@ -249,11 +256,12 @@ fn build_set(
     file: &CloudsFile,
     margin: Duration,
     default: Option<String>,
+    backoffs: &LoginBackoffs,
 ) -> Result<CloudSet, RegistryError> {
     let sessions = file
         .clouds
         .iter()
-        .map(|cloud| Session::new(cloud.clone(), margin))
+        .map(|cloud| Session::sharing_backoff(cloud.clone(), margin, backoffs))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CloudSet {
         sessions,

@@ -35,21 +35,12 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::keystone::{self, Token};
+use super::login_backoff::{Backoff, LoginBackoffs};
 use super::{error_chain, HttpClients, OpenStackError, Service};
 use crate::clouds::CloudConfig;
 
 /// A token this close to expiry is not sent: it could expire on the way.
 pub(crate) const EXPIRY_SAFETY: Duration = Duration::from_secs(5);
-/// Backoff after a failed login (Keystone unreachable, 5xx) starts here...
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// ...and doubles up to this, so a Keystone that comes back is noticed quickly.
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// Refused credentials are retried much more slowly (Keystone may lock the
-/// account, and only an operator fixes them): from this...
-const BACKOFF_BASE_REFUSED: Duration = Duration::from_secs(10);
-/// ...up to this.
-const BACKOFF_CAP_REFUSED: Duration = Duration::from_secs(300);
-
 /// When to refresh a token of `lifetime`, counted from when it was requested.
 pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
     let tenth = lifetime / 10;
@@ -59,14 +50,6 @@ pub(crate) fn refresh_delay(lifetime: Duration, margin: Duration) -> Duration {
         margin.max(tenth)
     };
     lifetime.saturating_sub(effective)
-}
-
-/// The wait before retry number `failures` (1-based), with "equal jitter": half
-/// fixed, half random, so that many daemons do not retry in step.
-pub(crate) fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let full = exp.min(cap);
-    full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 /// What produces tokens: Keystone in the daemon, a counter in unit tests.
@@ -115,17 +98,6 @@ struct Stats {
     last_error: Option<String>,
 }
 
-/// The cloud's login backoff, shared by the refresh loop and every request.
-#[derive(Debug, Default)]
-struct Backoff {
-    /// Failed logins in a row.
-    failures: u32,
-    /// No login before this; requests meanwhile get `last` at once.
-    until: Option<Instant>,
-    /// The last login's error.
-    last: Option<OpenStackError>,
-}
-
 /// The daemon's view of a cloud, as `/v1/status` shows it. Holds no secret.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct CloudStatus {
@@ -156,8 +128,9 @@ pub struct Session {
     renewing: tokio::sync::Mutex<()>,
     /// Counters and last error.
     stats: Mutex<Stats>,
-    /// Failed logins and when the next may be made.
-    backoff: Mutex<Backoff>,
+    /// Failed logins and when the next may be made; shared by every session
+    /// of the same cloud name and auth ([`LoginBackoffs`]).
+    backoff: Arc<Mutex<Backoff>>,
     /// Wakes the refresh loop when a token was replaced outside it.
     wake: Arc<Notify>,
     /// The refresh loop, aborted when the session is dropped (clouds replaced).
@@ -185,6 +158,17 @@ impl Drop for Session {
 impl Session {
     /// A session that gets its tokens from the cloud's Keystone.
     pub fn new(cloud: CloudConfig, margin: Duration) -> Result<Arc<Session>, OpenStackError> {
+        Self::sharing_backoff(cloud, margin, &LoginBackoffs::default())
+    }
+
+    /// A session whose login backoff is the one `backoffs` keeps for its cloud's
+    /// name and auth: a refused password stays refused for a new session of it
+    /// (a `PUT /v1/clouds`, a reload) until the backoff ends.
+    pub(crate) fn sharing_backoff(
+        cloud: CloudConfig,
+        margin: Duration,
+        backoffs: &LoginBackoffs,
+    ) -> Result<Arc<Session>, OpenStackError> {
         let clients = HttpClients::for_cloud(&cloud)?;
         let issuer: TokenIssuer = {
             let clients = clients.clone();
@@ -194,23 +178,32 @@ impl Session {
                 let cloud = cloud.clone();
                 Box::pin(async move {
                     clients.check_url(&cloud.name, cloud.auth.auth_url())?;
-                    crate::metrics::observe_token_request(
-                        &cloud.name,
-                        keystone::issue_token(&clients.api, &cloud),
-                    )
-                    .await
+                    super::observe::token(&cloud.name, keystone::issue_token(&clients.api, &cloud))
+                        .await
                 })
             })
         };
-        Ok(Self::with_issuer(cloud, clients, margin, issuer))
+        let backoff = backoffs.of(&cloud);
+        Ok(Self::build(cloud, clients, margin, issuer, backoff))
     }
 
     /// A session with its own token source (tests).
+    #[cfg(test)]
     pub(crate) fn with_issuer(
         cloud: CloudConfig,
         clients: HttpClients,
         margin: Duration,
         issuer: TokenIssuer,
+    ) -> Arc<Session> {
+        Self::build(cloud, clients, margin, issuer, Arc::default())
+    }
+
+    fn build(
+        cloud: CloudConfig,
+        clients: HttpClients,
+        margin: Duration,
+        issuer: TokenIssuer,
+        backoff: Arc<Mutex<Backoff>>,
     ) -> Arc<Session> {
         Arc::new(Session {
             cloud,
@@ -220,7 +213,7 @@ impl Session {
             current: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
             stats: Mutex::new(Stats::default()),
-            backoff: Mutex::new(Backoff::default()),
+            backoff,
             wake: Arc::new(Notify::new()),
             refresher: Mutex::new(None),
         })
@@ -279,17 +272,7 @@ impl Session {
 
     /// Records a failed login and starts (or lengthens) the backoff.
     fn login_failed(&self, err: &OpenStackError) {
-        let (base, cap) = match err {
-            OpenStackError::Unauthorized { .. } => (BACKOFF_BASE_REFUSED, BACKOFF_CAP_REFUSED),
-            _ => (BACKOFF_BASE, BACKOFF_CAP),
-        };
-        let wait = self.with_backoff(|b| {
-            b.failures = b.failures.saturating_add(1);
-            let wait = backoff(b.failures, base, cap, rand::random::<f64>());
-            b.until = Some(Instant::now() + wait);
-            b.last = Some(err.clone());
-            wait
-        });
+        let wait = self.with_backoff(|b| b.failed(err));
         tracing::warn!(
             cloud = %self.cloud.name, error = %err, retry_in_ms = wait.as_millis() as u64,
             "authentication failed"
@@ -451,8 +434,7 @@ impl Session {
                 None
             };
             let result =
-                crate::metrics::observe_openstack(service, &operation, client.execute(pending))
-                    .await;
+                super::observe::request(service, &operation, client.execute(pending)).await;
             let retry_reason = match (&result, &spare) {
                 (_, None) => None,
                 // A connection the server closed while it sat in the pool fails

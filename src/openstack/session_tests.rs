@@ -2,6 +2,7 @@
 //! backoff, with an injected token issuer and paused time.
 
 use super::*;
+use crate::openstack::login_backoff::{backoff, BACKOFF_BASE};
 use std::sync::atomic::AtomicU32;
 
 #[test]

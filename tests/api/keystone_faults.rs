@@ -315,3 +315,40 @@ async fn no_system_ca_certificates_fail_only_the_https_clouds() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("no CA certificates"), "{message}");
 }
+
+#[tokio::test]
+async fn put_clouds_with_a_wrong_password_shares_the_login_backoff() {
+    let admin = KeystoneAdmin::new();
+    let name = unique_app("putwrongpw");
+    let (user, mut entry) = admin.create_member(&name, "the-right-password").await;
+    entry["auth"]["password"] = "not-the-password".into();
+    let document = clouds_document(&[("putwrongpw", entry)]);
+    let d = charm_only_daemon().await;
+    // A hook that sends the same wrong document on every run: 20 runs in 10 s.
+    let started = Instant::now();
+    for run in 0..20 {
+        let answer = d
+            .send(
+                d.authed(reqwest::Method::PUT, "/v1/clouds")
+                    .header("content-type", "application/yaml")
+                    .body(document.clone()),
+            )
+            .await;
+        answer.expect(422, "openstack_unauthorized");
+        assert!(answer.message().contains("putwrongpw"), "{:?}", answer.body);
+        if run == 0 {
+            // The first PUT asked Keystone; the next ones within the backoff do not.
+            assert_eq!(failed_auths(&user).await, 1);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let at_keystone = failed_auths(&user).await;
+    assert!(
+        (1..=2).contains(&at_keystone),
+        "{at_keystone} password attempts reached Keystone for 20 PUTs"
+    );
+    // The clouds in force are untouched.
+    assert_eq!(d.status().await["clouds"][0]["name"], "charm");
+    admin.delete_user(&user).await;
+}

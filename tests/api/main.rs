@@ -3,22 +3,27 @@
 //! One test binary with a module per feature, so it links once.
 
 mod activation;
+mod admission;
+mod chaos;
 mod cli;
 mod clouds_put;
 mod credentials;
 mod fanout;
+mod fault_proxy;
 mod faults;
 mod file_changes;
 mod foundation;
 mod helpers;
 mod images;
 mod jobs;
+mod kept;
 mod keystone_faults;
 mod latest_burst;
 mod metrics;
 mod notify;
 mod openapi;
 mod reload;
+mod retries;
 mod served;
 mod shutdown;
 mod src_path;

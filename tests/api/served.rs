@@ -19,6 +19,8 @@ pub struct Served {
     pub config_path: PathBuf,
     pub clouds_path: PathBuf,
     pub log_path: PathBuf,
+    /// The environment added to the daemon's (kept for a restart).
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -43,22 +45,11 @@ pub async fn serve(clouds: &str, extra_config: &str, env: &[(&str, &str)]) -> Se
     let base_config = base_config(&root, port);
     std::fs::write(&config_path, format!("{base_config}{extra_config}")).unwrap();
     let log_path = root.join("daemon.log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"));
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .arg("serve")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("JOURNAL_STREAM")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let child = command.spawn().expect("the daemon binary starts");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let child = spawn(&config_path, &log_path, &env);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut served = Served {
         base: format!("http://127.0.0.1:{port}"),
@@ -68,11 +59,37 @@ pub async fn serve(clouds: &str, extra_config: &str, env: &[(&str, &str)]) -> Se
         config_path,
         clouds_path,
         log_path,
+        env,
         dir,
         child,
     };
     served.token = served.wait_until_up(&root.join("state/api-token")).await;
     served
+}
+
+/// `serve` with `config`, its stderr appended to `log_path`.
+fn spawn(config_path: &Path, log_path: &Path, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"));
+    command
+        .arg("--config")
+        .arg(config_path)
+        .arg("serve")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("the daemon binary starts")
 }
 
 /// The config of a test daemon: its own port, state and upload dirs.
@@ -103,6 +120,21 @@ impl Served {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the daemon did not come up: {}", self.log());
+    }
+
+    /// SIGKILL (a crash), then the same daemon again: same config, state dir
+    /// and port; its log goes on in the same file.
+    pub async fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.config_path, &self.log_path, &self.env);
+        let token_file = self
+            .dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join("state/api-token");
+        self.token = self.wait_until_up(&token_file).await;
     }
 
     pub fn log(&self) -> String {

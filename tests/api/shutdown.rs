@@ -135,3 +135,36 @@ async fn sigterm_with_nothing_under_way_exits_0_at_once() {
     let exit = daemon.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(0), "{}", daemon.log());
 }
+
+#[tokio::test]
+async fn a_stop_deletes_the_image_with_the_session_that_made_it_after_its_cloud_was_removed() {
+    let gate = Gate::start(&super::helpers::Bed::get().glance_url).await;
+    let (mut daemon, image_id, name) = upload_with_client_gone(&gate, "2s").await;
+    // A hook replaces the clouds meanwhile: `charm` is gone from the registry.
+    let bed = super::helpers::Bed::get();
+    let others = clouds_document(&[("charm-b", bed.cloud_entry("charm-b"))]);
+    let answer = daemon
+        .send(
+            daemon
+                .authed(reqwest::Method::PUT, "/v1/clouds")
+                .header("content-type", "application/yaml")
+                .body(others),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    daemon.signal(libc::SIGTERM);
+    let exit = daemon.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(exit.code(), Some(0), "{}", daemon.log());
+    let direct = Direct::charm();
+    assert_eq!(
+        status_of(&direct.image(&image_id).await),
+        "deleted",
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        direct.images_named(&name).await.is_empty(),
+        "{}",
+        daemon.log()
+    );
+}

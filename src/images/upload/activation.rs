@@ -149,6 +149,7 @@ mod tests {
         Flow {
             offered: Arc::new(AtomicU64::new(total)),
             taken: Arc::new(AtomicU64::new(0)),
+            progress: None,
         }
     }
 

@@ -15,7 +15,7 @@ use super::{CloudRun, Stage, Upload};
 use crate::images::names::FieldError;
 use crate::images::progress::UploadReservation;
 use crate::images::source::{HashAlgo, SourceError, SourceFile};
-use crate::images::{ImageError, UploadOutcome, MARKER_DAEMON, MARKER_UPLOAD};
+use crate::images::{ImageError, PruneFailure, UploadOutcome, MARKER_DAEMON, MARKER_UPLOAD};
 use crate::jobs::{JobRequest, JobState, JobsError};
 use crate::openstack::glance::{Image, NewImage};
 use crate::openstack::session::Session;
@@ -103,8 +103,7 @@ impl<R: JobRequest> Upload<'_, R> {
                 Ok(Some(image)) if verify::unchanged(&image, &digests) == Ok(true) => {
                     tracing::info!(cloud = %run.cloud(), image = %image.id, "unchanged: nothing to upload");
                     self.report.cloud_succeeded(run.cloud(), &image.id).await?;
-                    run.stage =
-                        Stage::Done(self.answer(run.cloud(), &image, Vec::new(), Vec::new(), true));
+                    run.stage = Stage::Done(self.answer(run, &image, Vec::new(), Vec::new(), true));
                 }
                 Ok(_) => {}
             }
@@ -129,9 +128,9 @@ impl<R: JobRequest> Upload<'_, R> {
         for (run, created) in runs.iter_mut().zip(created) {
             match created {
                 None => {}
-                Some(Err(err)) => self.fail(run, ImageError::Upload(err)).await,
+                Some(Err(err)) => self.fail_or_retry(run, ImageError::Upload(err)).await,
                 Some(Ok(image)) => {
-                    reservation.add_image(&image.id);
+                    reservation.add_image(&image.id, &run.session);
                     tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, "uploading");
                     let id = image.id.clone();
                     run.stage = Stage::Created(image);
@@ -174,6 +173,7 @@ impl<R: JobRequest> Upload<'_, R> {
         &self,
         runs: &mut [CloudRun],
         source: SourceFile,
+        first_read: bool,
     ) -> Result<Option<(Digests, Option<File>)>, ImageError> {
         let mut live: Vec<&mut CloudRun> = runs
             .iter_mut()
@@ -203,7 +203,8 @@ impl<R: JobRequest> Upload<'_, R> {
             sinks.push(sink);
             bodies.push((body, flow));
         }
-        let digests = reader::spawn_reader(source, algos, sinks, self.report.read_counter());
+        let digests =
+            reader::spawn_reader(source, algos, sinks, self.report.read_counter(first_read));
         let sent = join_all(
             live.iter()
                 .zip(bodies)
@@ -231,7 +232,7 @@ impl<R: JobRequest> Upload<'_, R> {
                     };
                     self.fail(run, err).await
                 }
-                (_, Err(err)) => self.fail(run, err).await,
+                (_, Err(err)) => self.fail_or_retry(run, err).await,
                 (Ok(Ok(_)), Ok(last_byte)) => {
                     if let Stage::Created(image) = std::mem::replace(&mut run.stage, Stage::Waiting)
                     {
@@ -300,7 +301,7 @@ impl<R: JobRequest> Upload<'_, R> {
             match checked? {
                 None => {}
                 Some(Ok(image)) => run.stage = Stage::Verified(image),
-                Some(Err(err)) => self.fail(run, err).await,
+                Some(Err(err)) => self.fail_or_retry(run, err).await,
             }
         }
         Ok(())
@@ -344,48 +345,70 @@ impl<R: JobRequest> Upload<'_, R> {
     }
 
     /// Prunes the old revisions in each verified cloud; the cloud is then done.
+    /// Each new image is recorded kept first (a stop or a crash from then on
+    /// leaves it, and the job succeeds with `prune_incomplete`); a cloud whose
+    /// record cannot be written prunes nothing.
     pub(super) async fn prune(&self, runs: &mut [CloudRun]) -> Result<(), ImageError> {
-        let pruned = join_all(runs.iter().map(|run| async move {
-            let Stage::Verified(image) = &run.stage else {
-                return None;
-            };
-            let report = self
-                .report
-                .cloud_stage(run.cloud(), JobState::Pruning)
-                .await;
-            let pruned = self
-                .service
-                .prune_revisions(
-                    &run.session,
-                    &self.name,
-                    &image.id,
-                    self.request.num_revisions,
-                )
-                .await;
-            Some((report, pruned))
-        }))
-        .await;
+        let pruned = join_all(runs.iter_mut().map(|run| self.keep_and_prune(run))).await;
         for (run, pruned) in runs.iter_mut().zip(pruned) {
-            let Some((report, (pruned, prune_failed))) = pruned else {
+            let Some((pruned, prune_failed)) = pruned? else {
                 continue;
             };
-            report?;
-            let Stage::Verified(image) = std::mem::replace(&mut run.stage, Stage::Waiting) else {
+            let Stage::Kept(image) = std::mem::replace(&mut run.stage, Stage::Waiting) else {
                 continue;
             };
             tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, pruned = ?pruned, "upload verified");
+            let answer = self.answer(run, &image, pruned, prune_failed, false);
+            self.report.image_kept(run.cloud(), &answer).await?;
             self.report.cloud_succeeded(run.cloud(), &image.id).await?;
-            run.stage = Stage::Done(self.answer(run.cloud(), &image, pruned, prune_failed, false));
+            run.stage = Stage::Done(answer);
         }
         Ok(())
     }
 
-    fn answer(
+    /// One verified cloud: recorded kept, then its old revisions pruned. `None`
+    /// for a cloud that was not verified.
+    async fn keep_and_prune(
         &self,
-        cloud: &str,
+        run: &mut CloudRun,
+    ) -> Result<Option<(Vec<String>, Vec<PruneFailure>)>, ImageError> {
+        if !matches!(run.stage, Stage::Verified(_)) {
+            return Ok(None);
+        }
+        let Stage::Verified(image) = std::mem::replace(&mut run.stage, Stage::Waiting) else {
+            return Ok(None);
+        };
+        let mut kept = self.answer(run, &image, Vec::new(), Vec::new(), false);
+        kept.prune_incomplete = true;
+        let recorded = self.report.image_kept(run.cloud(), &kept).await;
+        run.stage = Stage::Kept(image);
+        if let Err(err) = recorded {
+            // Pruning now could leave a crash nothing to keep: leave the old
+            // revisions to the next upload of the name.
+            tracing::error!(cloud = %run.cloud(), error = %err, "cannot record the new image as kept; not pruning");
+            let failure = PruneFailure::new(String::new(), "not_recorded", err.to_string());
+            return Ok(Some((Vec::new(), vec![failure])));
+        }
+        self.report
+            .cloud_stage(run.cloud(), JobState::Pruning)
+            .await?;
+        let Stage::Kept(image) = &run.stage else {
+            return Ok(None);
+        };
+        let num_revisions = self.request.num_revisions;
+        let pruned = self
+            .service
+            .prune_revisions(&run.session, &self.name, &image.id, num_revisions)
+            .await;
+        Ok(Some(pruned))
+    }
+
+    pub(super) fn answer(
+        &self,
+        run: &CloudRun,
         image: &Image,
         pruned: Vec<String>,
-        prune_failed: Vec<crate::images::PruneFailure>,
+        prune_failed: Vec<PruneFailure>,
         unchanged: bool,
     ) -> UploadOutcome {
         UploadOutcome {
@@ -398,9 +421,11 @@ impl<R: JobRequest> Upload<'_, R> {
             os_hash_value: image.os_hash_value.clone().unwrap_or_default(),
             pruned,
             prune_failed,
-            cloud: cloud.to_string(),
+            cloud: run.cloud().to_string(),
             upload_id: self.upload_id.to_string(),
             unchanged,
+            prune_incomplete: false,
+            attempts: run.attempts,
         }
     }
 }

@@ -84,6 +84,9 @@ pub(crate) type CloudOutcome = (String, Result<UploadOutcome, ImageError>);
 struct CloudRun {
     session: Arc<Session>,
     stage: Stage,
+    /// The try under way: a transient fault sends the cloud through the
+    /// stages again, up to `upload_attempts` tries.
+    attempts: u32,
 }
 
 #[derive(Debug)]
@@ -97,7 +100,12 @@ enum Stage {
         last_byte: Instant,
     },
     Verified(Image),
+    /// Verified and recorded kept: from here on nothing deletes it.
+    Kept(Image),
     Done(UploadOutcome),
+    /// A transient fault ended this try (its image deleted): the cloud goes
+    /// through the stages again after the backoff.
+    Retry(ImageError),
     Failed(ImageError),
 }
 
@@ -206,7 +214,11 @@ impl ImageService {
                 }
                 None => Stage::Waiting,
             };
-            runs.push(CloudRun { session, stage });
+            runs.push(CloudRun {
+                session,
+                stage,
+                attempts: 1,
+            });
         }
         let ended = upload.run_stages(&mut runs, source, &reservation).await;
         upload.clean_up(&mut runs, ended.as_ref().err()).await;
@@ -247,15 +259,53 @@ impl<R: JobRequest> Upload<'_, R> {
         if self.request.skip_unchanged {
             source = self.skip_unchanged(runs, source).await?;
         }
-        self.create(runs, reservation).await?;
-        let streamed = self.stream(runs, source).await?;
-        self.report.job_stage(JobState::Verifying).await?;
-        if let Some((digests, rehash)) = &streamed {
-            self.verify(runs, digests, rehash.as_ref()).await?;
+        // A second handle on the file, for the tries after the first.
+        let spare = source.duplicate()?;
+        let mut source = Some(source);
+        loop {
+            self.create(runs, reservation).await?;
+            let first_read = source.is_some();
+            let read = match source.take() {
+                Some(source) => source,
+                None => spare.duplicate_at_start()?,
+            };
+            let streamed = self.stream(runs, read, first_read).await?;
+            self.report.job_stage(JobState::Verifying).await?;
+            if let Some((digests, rehash)) = &streamed {
+                self.verify(runs, digests, rehash.as_ref()).await?;
+            }
+            self.report.job_stage(JobState::Pruning).await?;
+            // The clouds that succeeded are done before any other tries again.
+            self.prune(runs).await?;
+            if !self.retry_after_backoff(runs).await? {
+                return Ok(());
+            }
         }
-        self.report.job_stage(JobState::Pruning).await?;
-        self.prune(runs).await?;
-        Ok(())
+    }
+
+    /// The clouds a transient fault stopped wait out the backoff, then go
+    /// through the stages again; `false` when there are none.
+    async fn retry_after_backoff(&self, runs: &mut [CloudRun]) -> Result<bool, ImageError> {
+        let tried = runs
+            .iter()
+            .filter(|r| matches!(r.stage, Stage::Retry(_)))
+            .map(|r| r.attempts)
+            .max();
+        let Some(tried) = tried else {
+            return Ok(false);
+        };
+        tokio::time::sleep(backoff(self.settings.upload_retry_backoff, tried)).await;
+        for run in runs.iter_mut() {
+            if let Stage::Retry(err) = &run.stage {
+                run.attempts += 1;
+                tracing::info!(cloud = %run.cloud(), attempt = run.attempts, after = %err, "trying the upload again");
+                self.report
+                    .cloud_retrying(run.cloud(), run.attempts)
+                    .await?;
+                run.stage = Stage::Waiting;
+            }
+        }
+        Ok(true)
     }
 
     fn lock_names(&self, runs: &[CloudRun]) -> Vec<super::NameLock> {
@@ -273,9 +323,17 @@ impl<R: JobRequest> Upload<'_, R> {
     }
 
     /// Every image still unfinished when the stages ended (a stop, a bug) is
-    /// deleted, and its cloud failed with `ended`'s error.
+    /// deleted, and its cloud failed with `ended`'s error; a kept image stays,
+    /// its cloud done with `prune_incomplete`.
     async fn clean_up(&self, runs: &mut [CloudRun], ended: Option<&ImageError>) {
         for run in runs.iter_mut() {
+            if let Stage::Kept(image) = &run.stage {
+                // Verified and kept: cut off in its prune, never deleted.
+                let mut answer = self.answer(run, image, Vec::new(), Vec::new(), false);
+                answer.prune_incomplete = true;
+                run.stage = Stage::Done(answer);
+                continue;
+            }
             if run.unfinished_image().is_some() || (ended.is_some() && run.is_live()) {
                 let err = ImageError::Internal(match ended {
                     Some(err) => format!("the upload was cut off: {err}"),
@@ -289,19 +347,63 @@ impl<R: JobRequest> Upload<'_, R> {
     /// Fails one cloud: deletes its image (if it made one), records the failure.
     async fn fail(&self, run: &mut CloudRun, err: ImageError) {
         let cloud = run.cloud().to_string();
-        if let Some(id) = run.unfinished_image() {
-            tracing::warn!(cloud = %cloud, image = %id, error = %err, "upload failed; deleting the image");
-            if let Err(delete_err) = run.session.glance().delete(id).await {
-                tracing::error!(
-                    cloud = %cloud, image = %id, error = %delete_err,
-                    "could not delete the failed upload; the reaper will retry"
-                );
-            }
-        } else {
-            tracing::warn!(cloud = %cloud, error = %err, "upload failed");
-        }
+        self.discard_image(run, &err).await;
         // A job a stop ended keeps what the stop recorded.
         let _ = self.report.cloud_failed(&cloud, &err).await;
         run.stage = Stage::Failed(err);
+    }
+
+    /// A transient fault with tries left ends this try only (its image
+    /// deleted): the cloud goes again after the backoff. Anything else fails it.
+    async fn fail_or_retry(&self, run: &mut CloudRun, err: ImageError) {
+        if !err.is_transient() || run.attempts >= self.settings.upload_attempts {
+            return self.fail(run, err).await;
+        }
+        tracing::warn!(cloud = %run.cloud(), attempt = run.attempts, error = %err, "transient fault; the upload will be tried again");
+        self.discard_image(run, &err).await;
+        run.stage = Stage::Retry(err);
+    }
+
+    /// Deletes the image this try made, if any (the reaper retries a failed delete).
+    async fn discard_image(&self, run: &CloudRun, err: &ImageError) {
+        let cloud = run.cloud();
+        let Some(id) = run.unfinished_image() else {
+            tracing::warn!(cloud = %cloud, error = %err, "upload failed");
+            return;
+        };
+        tracing::warn!(cloud = %cloud, image = %id, error = %err, "upload failed; deleting the image");
+        if let Err(delete_err) = run.session.glance().delete(id).await {
+            tracing::error!(
+                cloud = %cloud, image = %id, error = %delete_err,
+                "could not delete the failed upload; the reaper will retry"
+            );
+        }
+    }
+}
+
+/// The wait before try `tried + 1`: `first` doubled for each try after the
+/// first, then between half of it and all of it at random, so that uploads a
+/// fault hit together do not come back together.
+fn backoff(first: std::time::Duration, tried: u32) -> std::time::Duration {
+    let doubled = first.saturating_mul(1u32 << tried.saturating_sub(1).min(16));
+    doubled.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn the_backoff_doubles_with_jitter_within_bounds() {
+        let first = Duration::from_secs(2);
+        for (tried, whole) in [(1, 2), (2, 4), (3, 8)] {
+            for _ in 0..100 {
+                let wait = backoff(first, tried);
+                let whole = Duration::from_secs(whole);
+                assert!(wait >= whole / 2 && wait <= whole, "{tried}: {wait:?}");
+            }
+        }
+        assert!(backoff(first, u32::MAX) <= first.saturating_mul(1 << 16));
     }
 }

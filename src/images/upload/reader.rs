@@ -66,14 +66,19 @@ impl Digests {
 pub(crate) struct Flow {
     pub(crate) offered: Arc<AtomicU64>,
     pub(crate) taken: Arc<AtomicU64>,
+    /// Raised (never lowered) to `taken` as blocks are taken: a job's
+    /// `bytes_sent`, which only grows while a retried upload counts from 0.
+    pub(crate) progress: Option<Arc<AtomicU64>>,
 }
 
 impl Flow {
-    /// A flow whose taken bytes count into `taken` (e.g. a job's `bytes_sent`).
-    pub(crate) fn counting_into(taken: Arc<AtomicU64>) -> Flow {
+    /// A flow of one try whose taken bytes also raise `progress` (e.g. a job's
+    /// `bytes_sent`).
+    pub(crate) fn counting_into(progress: Arc<AtomicU64>) -> Flow {
         Flow {
             offered: Arc::new(AtomicU64::new(0)),
-            taken,
+            taken: Arc::new(AtomicU64::new(0)),
+            progress: Some(progress),
         }
     }
 }
@@ -114,6 +119,7 @@ impl Sink {
 pub(crate) struct SinkBody {
     rx: mpsc::Receiver<Block>,
     taken: Arc<AtomicU64>,
+    progress: Option<Arc<AtomicU64>>,
     cloud: String,
     /// Cancelled by the upload when it gives up: the reader drops the sink even
     /// when the HTTP client still holds this body without reading it.
@@ -132,7 +138,11 @@ impl SinkBody {
         futures_util::stream::unfold(self, |mut body| async move {
             let item = body.rx.recv().await?;
             if let Ok(chunk) = &item {
-                body.taken.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                let len = chunk.len() as u64;
+                let taken = body.taken.fetch_add(len, Ordering::Relaxed) + len;
+                if let Some(progress) = &body.progress {
+                    progress.fetch_max(taken, Ordering::Relaxed);
+                }
                 crate::metrics::bytes_uploaded(&body.cloud, chunk.len() as u64);
             }
             Some((item, body))
@@ -152,6 +162,7 @@ pub(crate) fn sink(cloud: &str, flow: &Flow) -> (Sink, SinkBody) {
     let body = SinkBody {
         rx,
         taken: flow.taken.clone(),
+        progress: flow.progress.clone(),
         cloud: cloud.to_string(),
         cancel,
     };

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::reader::Flow;
-use crate::images::ImageError;
+use crate::images::{ImageError, UploadOutcome};
 use crate::jobs::{JobFailure, JobRequest, JobState, JobTask, JobsError};
 
 pub(super) struct Report<'a, R: JobRequest> {
@@ -29,15 +29,25 @@ impl<'a, R: JobRequest> Report<'a, R> {
         }
     }
 
-    /// The job moves to `state` (`verifying`, `pruning`).
+    /// The job moves to `state` (`verifying`, `pruning`); a job already past
+    /// it (a cloud's next try) stays where it is.
     pub(super) async fn job_stage(&self, state: JobState) -> Result<(), JobsError> {
-        self.job.advance(state).await
+        already_past(self.job.advance(state).await)
     }
 
-    /// One cloud moves to `state` (not a terminal one).
+    /// One cloud moves to `state` (not a terminal one), unless already past it.
     pub(super) async fn cloud_stage(&self, cloud: &str, state: JobState) -> Result<(), JobsError> {
         if self.per_cloud {
-            self.job.advance_cloud(cloud, state).await?;
+            already_past(self.job.advance_cloud(cloud, state).await)?;
+        }
+        Ok(())
+    }
+
+    /// One cloud starts its try number `attempt` after a transient fault.
+    pub(super) async fn cloud_retrying(&self, cloud: &str, attempt: u32) -> Result<(), JobsError> {
+        crate::metrics::upload_retried(cloud);
+        if self.per_cloud {
+            self.job.cloud_attempt(cloud, attempt).await?;
         }
         Ok(())
     }
@@ -45,6 +55,20 @@ impl<'a, R: JobRequest> Report<'a, R> {
     /// One cloud's image exists (recorded at once: a restart deletes it).
     pub(super) async fn image_created(&self, cloud: &str, image_id: &str) -> Result<(), JobsError> {
         self.job.image_created(cloud, image_id).await
+    }
+
+    /// One cloud's image is verified and kept, with the answer a stop would
+    /// leave (recorded before it returns).
+    pub(super) async fn image_kept(
+        &self,
+        cloud: &str,
+        answer: &UploadOutcome,
+    ) -> Result<(), JobsError> {
+        let value = serde_json::to_value(answer).map_err(|source| JobsError::Request {
+            job: self.job.id(),
+            source,
+        })?;
+        self.job.image_kept(cloud, &answer.id, value).await
     }
 
     pub(super) async fn cloud_succeeded(
@@ -70,6 +94,15 @@ impl<'a, R: JobRequest> Report<'a, R> {
     }
 }
 
+/// A move backwards is no error while the job runs: a cloud's next try goes
+/// through the stages again while the job (or the cloud) shows the furthest.
+fn already_past(moved: Result<(), JobsError>) -> Result<(), JobsError> {
+    match moved {
+        Err(JobsError::IllegalTransition { from, .. }) if !from.is_terminal() => Ok(()),
+        other => other,
+    }
+}
+
 impl<R: JobRequest> Report<'_, R> {
     /// How one cloud's bytes count: in the job's `bytes_sent` for a job of one
     /// cloud, in that cloud's for a job of several.
@@ -83,9 +116,10 @@ impl<R: JobRequest> Report<'_, R> {
     }
 
     /// What the reader counts the bytes it handed to every cloud into: a job of
-    /// several clouds' own `bytes_sent`.
-    pub(super) fn read_counter(&self) -> Arc<AtomicU64> {
-        if self.per_cloud {
+    /// several clouds' own `bytes_sent`, on the first read (a retry's read of
+    /// the file again counts nowhere: `bytes_sent` is the file read once).
+    pub(super) fn read_counter(&self, first_read: bool) -> Arc<AtomicU64> {
+        if self.per_cloud && first_read {
             self.job.bytes_sent().atomic()
         } else {
             Arc::default()

@@ -83,7 +83,8 @@ impl CloudRegistry {
                         &mut report.added
                     };
                     list.push(cloud.name.clone());
-                    let session = Session::new(cloud.clone(), settings.margin)?;
+                    let session =
+                        Session::sharing_backoff(cloud.clone(), settings.margin, &self.backoffs)?;
                     fresh.push(session.clone());
                     sessions.push(session);
                 }

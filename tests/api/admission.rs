@@ -1,0 +1,127 @@
+//! Admission of uploads: identical requests arriving together get one job, and
+//! a burst past `max_queued_uploads` is refused with `429` and `Retry-After`
+//! while the daemon goes on answering.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+use super::helpers::{clouds_document, gated_glance, unique_app, write_raw_image, Bed};
+use super::served::serve;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_requests_arriving_together_get_one_job_never_a_409() {
+    let bed = Bed::get();
+    // The data is held, so the job stays under way while the requests arrive.
+    let (glance_url, _gate) = gated_glance().await;
+    let mut entry = bed.cloud_entry("charm");
+    entry["image_endpoint_override"] = glance_url.into();
+    let d = serve(&clouds_document(&[("charm", entry)]), "", &[]).await;
+    let app = unique_app("twins");
+    let file = write_raw_image(&d.upload_dir, "twins.img", 1 << 20);
+    let body = json!({"base": "jammy", "app_name": app, "arch": "x64", "num_revisions": 1,
+                      "src_path": file, "cloud": "charm"});
+    let requests = (0..20).map(|_| {
+        let request = d
+            .authed(reqwest::Method::POST, "/v1/images?wait=false")
+            .header("idempotency-key", format!("{app}-1"))
+            .header("x-request-id", format!("{app}-req"))
+            .json(&body);
+        d.send(request)
+    });
+    let answers = join_all(requests).await;
+    let mut jobs: Vec<&str> = answers
+        .iter()
+        .map(|a| {
+            assert!(matches!(a.status, 200 | 202), "{} {:?}", a.status, a.body);
+            a.body["job"].as_str().unwrap()
+        })
+        .collect();
+    jobs.dedup();
+    assert_eq!(jobs.len(), 1, "one job for the twenty: {jobs:?}");
+}
+
+/// The daemon's open file descriptors.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_past_max_queued_uploads_is_refused_and_the_daemon_still_answers() {
+    let bed = Bed::get();
+    let (glance_url, _gate) = gated_glance().await;
+    let mut entry = bed.cloud_entry("charm");
+    entry["image_endpoint_override"] = glance_url.into();
+    let d = serve(
+        &clouds_document(&[("charm", entry)]),
+        "max_concurrent_uploads: 1\n",
+        &[],
+    )
+    .await;
+    let file = write_raw_image(&d.upload_dir, "burst.img", 64 * 1024);
+    let fds_before = open_fds(d.pid());
+    let requests = (0..200).map(|i| {
+        let body = json!({"base": "jammy", "app_name": unique_app(&format!("burst{i}x")),
+                          "arch": "x64", "num_revisions": 1, "src_path": file, "cloud": "charm"});
+        let request = d
+            .authed(reqwest::Method::POST, "/v1/images?wait=false")
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
+    });
+    let answers = join_all(requests).await;
+    let accepted = answers.iter().filter(|(s, _, _)| *s == 202).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(
+        accepted + refused.len(),
+        200,
+        "{:?}",
+        answers.iter().find(|(s, _, _)| !matches!(s, 202 | 429))
+    );
+    // One uploading (its data held) and max_queued_uploads (64) waiting.
+    assert_eq!(accepted, 65, "accepted {accepted}");
+    for (_, retry_after, body) in &refused {
+        assert_eq!(body["error"]["code"], "too_many_uploads", "{body}");
+        let seconds: u64 = retry_after
+            .as_deref()
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=300).contains(&seconds), "{seconds}");
+    }
+    // Every queued job holds its file open, and no more than that.
+    let fds = open_fds(d.pid());
+    assert!(
+        fds <= fds_before + 65 + 16,
+        "{fds_before} fds before, {fds} after"
+    );
+    // The daemon answers at once: health, status and latest.
+    for path in [
+        "/v1/status",
+        "/v1/images/latest?base=jammy&app_name=nothing&arch=x64",
+    ] {
+        let answer = tokio::time::timeout(Duration::from_secs(5), d.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} did not answer within 5 s"));
+        assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
+    }
+    let health = tokio::time::timeout(
+        Duration::from_secs(5),
+        d.http.get(format!("{}/v1/health", d.base)).send(),
+    )
+    .await
+    .expect("health answers within 5 s")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+}

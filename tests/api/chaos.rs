@@ -1,0 +1,214 @@
+//! Chaos: the daemon is killed (SIGKILL) at random points of uploads, single
+//! cloud and fan-out, with idempotency keys, and restarted each time. After each
+//! restart, once the reaper's first pass is done:
+//! - no image of this daemon is `queued`, `saving` or `importing`;
+//! - `latest` is never null for a name that had an active image;
+//! - no name holds more active images than `num_revisions` plus the uploads cut
+//!   off (or left with a failed prune) since its last complete prune;
+//! - a retry under the same key gets the same job.
+//!
+//! `CHAOS_ROUNDS` (default 30, about 2 minutes here) sets the number of uploads.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::helpers::{clouds_document, unique_app, write_raw_image, Bed, Direct};
+use super::served::{serve, Served};
+
+const NUM_REVISIONS: usize = 2;
+
+/// What the test knows of one name in one cloud.
+#[derive(Default)]
+struct Name {
+    /// It had an active image once: `latest` must never be null again.
+    had_active: bool,
+    /// Uploads cut off, or whose prune was incomplete, since the last complete one.
+    cut_since_complete: usize,
+}
+
+fn rounds() -> usize {
+    std::env::var("CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+fn image_name(app: &str) -> String {
+    format!("jammy-{app}-x64")
+}
+
+fn direct(cloud: &str) -> Direct {
+    match cloud {
+        "charm" => Direct::charm(),
+        _ => Direct::cloud_b(),
+    }
+}
+
+async fn job_of(d: &Served, job: &str) -> Value {
+    d.get(&format!("/v1/jobs/{job}")).await.body
+}
+
+/// Waits until the job ended (a restarted daemon records a cut-off job at once).
+async fn ended(d: &Served, job: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let record = job_of(d, job).await;
+        if record["state"] == "succeeded" || record["state"] == "failed" {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{record}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The reaper's passes so far (every start and every `reaper_interval`).
+fn reaper_passes(d: &Served) -> usize {
+    d.log().matches("reaper: pass done").count()
+}
+
+/// Waits for the `n`-th reaper pass in the log.
+async fn reaper_passed(d: &Served, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while reaper_passes(d) < n {
+        assert!(tokio::time::Instant::now() < deadline, "{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the job (or its cloud, in a fan-out) ended with a complete prune.
+fn complete_in(record: &Value, cloud: &str) -> bool {
+    let result = match record.get("results").filter(|r| r.is_object()) {
+        Some(results) => &results[cloud],
+        None => &record["result"],
+    };
+    result["id"].is_string() && result["prune_incomplete"] != true
+}
+
+async fn check_invariants(d: &Served, names: &mut HashMap<(String, String), Name>, round: usize) {
+    for ((cloud, app), known) in names.iter_mut() {
+        let images = direct(cloud).images_named(&image_name(app)).await;
+        let unfinished: Vec<&Value> = images
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i["status"].as_str(),
+                    Some("queued" | "saving" | "importing")
+                )
+            })
+            .collect();
+        assert!(
+            unfinished.is_empty(),
+            "round {round}, {cloud}/{app}: {unfinished:?}\n{}",
+            d.log()
+        );
+        let active = images.iter().filter(|i| i["status"] == "active").count();
+        let bound = NUM_REVISIONS + known.cut_since_complete;
+        assert!(
+            active <= bound,
+            "round {round}, {cloud}/{app}: {active} active images, at most {bound}"
+        );
+        let latest = d
+            .get(&format!(
+                "/v1/images/latest?base=jammy&app_name={app}&arch=x64&cloud={cloud}"
+            ))
+            .await;
+        assert_eq!(latest.status, 200, "{:?}", latest.body);
+        if known.had_active {
+            assert!(
+                latest.body["id"].is_string(),
+                "round {round}, {cloud}/{app}: latest is null"
+            );
+        }
+        known.had_active |= active > 0;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
+    let bed = Bed::get();
+    let clouds = clouds_document(&[
+        ("charm", bed.cloud_entry("charm")),
+        ("charm-b", bed.cloud_entry("charm-b")),
+    ]);
+    // An image whose creation a kill cut off is recorded nowhere: it is the
+    // reaper's, once older than stale_upload_age. With both at 1 s, the second
+    // pass after a restart has every such image.
+    let mut d = serve(
+        &clouds,
+        "stale_upload_age: 1s\nreaper_interval: 1s\n",
+        &[("RUST_LOG", "info,openstack_image_helper::images=debug")],
+    )
+    .await;
+    let apps: Vec<String> = (0..3).map(|_| unique_app("chaos")).collect();
+    let mut names: HashMap<(String, String), Name> = HashMap::new();
+    for app in &apps {
+        for cloud in ["charm", "charm-b"] {
+            names.insert((cloud.to_string(), app.clone()), Name::default());
+        }
+    }
+    let mut starts = 1;
+    reaper_passed(&d, 1).await;
+    let total = rounds();
+    for round in 0..total {
+        let (app, fan_out, size, kill_after) = {
+            let mut rng = rand::rng();
+            (
+                apps[rng.random_range(0..apps.len())].clone(),
+                rng.random_bool(0.5),
+                rng.random_range(256 * 1024..6 * 1024 * 1024),
+                Duration::from_millis(rng.random_range(0..2500)),
+            )
+        };
+        let file = write_raw_image(&d.upload_dir, &format!("round-{round}.img"), size);
+        let targets: Vec<&str> = if fan_out {
+            vec!["charm", "charm-b"]
+        } else {
+            vec!["charm"]
+        };
+        let mut body = json!({"base": "jammy", "app_name": app, "arch": "x64",
+                              "num_revisions": NUM_REVISIONS, "src_path": file});
+        if fan_out {
+            body["clouds"] = json!(targets);
+        } else {
+            body["cloud"] = json!("charm");
+        }
+        let key = format!("chaos-{app}-{round}");
+        let submit = |d: &Served| {
+            d.authed(reqwest::Method::POST, "/v1/images?wait=false")
+                .header("idempotency-key", key.clone())
+                .json(&body)
+        };
+        let answer = d.send(submit(&d)).await;
+        assert_eq!(answer.status, 202, "round {round}: {:?}", answer.body);
+        let job = answer.body["job"].as_str().unwrap().to_string();
+        tokio::time::sleep(kill_after).await;
+        let passes = reaper_passes(&d);
+        d.kill_and_restart().await;
+        starts += 1;
+        let record = ended(&d, &job).await;
+        // One more than two: the killed process may have logged one after `passes`.
+        reaper_passed(&d, passes + 3).await;
+        for cloud in &targets {
+            let known = names.get_mut(&(cloud.to_string(), app.clone())).unwrap();
+            if complete_in(&record, cloud) {
+                known.cut_since_complete = 0;
+            } else {
+                known.cut_since_complete += 1;
+            }
+        }
+        check_invariants(&d, &mut names, round).await;
+        // The hook runs again with its key: the same job, whatever became of it.
+        let again = d.send(submit(&d)).await;
+        assert!(matches!(again.status, 200 | 202), "{:?}", again.body);
+        assert_eq!(again.body["job"], job.as_str(), "round {round}");
+        let _ = std::fs::remove_file(&file);
+    }
+    eprintln!("chaos: {total} rounds, {starts} starts");
+}
