@@ -8,6 +8,12 @@
 //! `allow_non_loopbak: true` must stop the daemon, not be ignored silently.
 //! A key is one field of [`Config`] (with its default in `Default` and, when
 //! its value needs checking, a deserializer from [`values`]); serde does the rest.
+//!
+//! Every number has a range, written on its field (and in the README's config
+//! table): durations from 1 s to 100 years unless the key allows zero, counts
+//! each in their own. A value outside it, or of another kind (`1e30` for a
+//! count), is an [`ConfigError::InvalidValue`] naming the key and the line,
+//! never a value that could panic later (tokio's semaphore, the clock).
 
 mod values;
 
@@ -131,41 +137,61 @@ pub struct Config {
     pub upload_dirs: Vec<PathBuf>,
     /// How an image's name is made from base, app name and arch.
     pub image_name_template: NameTemplate,
-    /// How long before expiry a Keystone token is refreshed.
-    #[serde(deserialize_with = "values::duration")]
+    /// How long before expiry a Keystone token is refreshed (0 s ..= 100 years:
+    /// zero leaves only the floor of 10 % of the token's life).
+    #[serde(deserialize_with = "values::duration::<0, _>")]
     pub token_refresh_margin: Duration,
-    /// How old a non-active image must be before it counts as abandoned. Zero
-    /// would make every upload in progress look abandoned, and get it deleted.
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// How old a non-active image must be before it counts as abandoned (1 s
+    /// ..= 100 years). Zero would make every upload in progress look abandoned,
+    /// and get it deleted.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub stale_upload_age: Duration,
-    /// How often abandoned uploads of this daemon are looked for (zero would be
-    /// a busy loop).
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// How often abandoned uploads of this daemon are looked for (1 s ..= 100
+    /// years; zero would be a busy loop).
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub reaper_interval: Duration,
     /// How long an upload may go without byte progress before it is aborted
-    /// (zero would abort every upload before its first byte).
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// (1 s ..= 100 years; zero would abort every upload before its first byte).
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub upload_stall_timeout: Duration,
     /// Whether a non-loopback `listen` address is allowed: listening beyond
     /// this host must be asked for explicitly.
     pub allow_non_loopback: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
-    /// How many uploads run at once; more wait as queued jobs (0.2).
-    #[serde(deserialize_with = "values::at_least_one")]
+    /// How many uploads run at once; more wait as queued jobs (0.2). 1 ..= 64:
+    /// more would only crowd Glance, and a huge value would overflow the slots.
+    #[serde(deserialize_with = "values::count::<1, 64, _>")]
     pub max_concurrent_uploads: usize,
-    /// How long finished jobs (and their Idempotency-Keys) are kept (0.2); zero
-    /// would forget a job before its client could retry.
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// How long finished jobs (and their Idempotency-Keys) are kept (0.2; 1 s
+    /// ..= 100 years); zero would forget a job before its client could retry.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub job_retention: Duration,
     /// After the last byte, how long Glance may take to report the image
-    /// active (0.2); zero would fail every upload.
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// active (0.2; 1 s ..= 100 years); zero would fail every upload.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub activation_timeout: Duration,
-    /// On SIGTERM, how long uploads under way may run on (0.2); zero aborts
-    /// them at once.
-    #[serde(deserialize_with = "values::duration")]
+    /// On SIGTERM, how long uploads under way may run on (0.2; 0 s ..= 100
+    /// years); zero aborts them at once.
+    #[serde(deserialize_with = "values::duration::<0, _>")]
     pub shutdown_grace: Duration,
+    /// How many jobs may wait `queued` at once (0.3; 1 ..= 10000); past it a new
+    /// upload is answered `429 too_many_uploads`. Each queued job holds its file
+    /// open: the bound keeps a burst from exhausting file descriptors.
+    #[serde(deserialize_with = "values::count::<1, 10000, _>")]
+    pub max_queued_uploads: usize,
+    /// How many tries an upload to one cloud gets in all, for transient faults
+    /// only (0.3; 1 ..= 10; 1: no retry).
+    #[serde(deserialize_with = "values::count::<1, 10, _>")]
+    pub upload_attempts: usize,
+    /// The backoff before the first retry, doubled for each further one, with
+    /// jitter (0.3; 1 s ..= 100 years).
+    #[serde(deserialize_with = "values::duration::<1, _>")]
+    pub upload_retry_backoff: Duration,
+    /// How long a Glance import (glance-direct) may take to reach active (0.3;
+    /// 1 s ..= 100 years); past it the upload fails and its image is deleted.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
+    pub import_timeout: Duration,
 }
 
 impl Default for Config {
@@ -189,6 +215,10 @@ impl Default for Config {
             allow_non_loopback: false,
             log_format: LogFormat::Text,
             max_concurrent_uploads: 4,
+            max_queued_uploads: 64,
+            upload_attempts: 3,
+            upload_retry_backoff: Duration::from_secs(2),
+            import_timeout: 30 * MINUTE,
             job_retention: 24 * 60 * MINUTE,
             activation_timeout: 30 * MINUTE,
             shutdown_grace: 10 * MINUTE,
@@ -216,7 +246,16 @@ impl Config {
             path: origin.to_path_buf(),
             reason,
         };
-        let document: Value = serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        let document: Value = match serde_yaml::from_str(text) {
+            Ok(document) => document,
+            // A number past 64 bits fits no YAML value, so a well-formed
+            // document fails here before any key is looked at: the typed read
+            // judges it (and names the key and the line of a bad value).
+            Err(_) if serde_yaml::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                return Config::typed(text, origin);
+            }
+            Err(err) => return Err(syntax(err.to_string())),
+        };
         let mapping = match document {
             // An empty file (or one holding only comments) means "all defaults".
             Value::Null => return Ok(Config::default()),
@@ -227,7 +266,7 @@ impl Config {
                 ))
             }
         };
-        let known = values::known_keys::<Config>();
+        let known = Config::keys();
         if let Some(key) = mapping
             .keys()
             .find(|key| key.as_str().is_none_or(|name| !known.contains(&name)))
@@ -239,6 +278,17 @@ impl Config {
                     .map_or_else(|| format!("{key:?}"), str::to_string),
             });
         }
+        Config::typed(text, origin)
+    }
+
+    /// The document read into [`Config`] by serde, each value checked by its
+    /// deserializer; an error names the key and the line of the value.
+    fn typed(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let syntax = |reason: String| ConfigError::Syntax {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let known = Config::keys();
         let deserializer = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = match err.path().iter().next() {
@@ -258,6 +308,11 @@ impl Config {
                 None => syntax(inner.to_string()),
             }
         })
+    }
+
+    /// The config's keys, in the order of the contract (the struct's fields).
+    pub(crate) fn keys() -> &'static [&'static str] {
+        values::known_keys::<Config>()
     }
 
     /// Refuses a `listen` address beyond loopback unless `allow_non_loopback` is set.
@@ -415,6 +470,10 @@ mod tests {
         assert_eq!(defaults.job_retention, Duration::from_secs(24 * 3600));
         assert_eq!(defaults.activation_timeout, Duration::from_secs(30 * 60));
         assert_eq!(defaults.shutdown_grace, Duration::from_secs(10 * 60));
+        assert_eq!(defaults.max_queued_uploads, 64);
+        assert_eq!(defaults.upload_attempts, 3);
+        assert_eq!(defaults.upload_retry_backoff, Duration::from_secs(2));
+        assert_eq!(defaults.import_timeout, Duration::from_secs(30 * 60));
     }
 
     #[test]
@@ -438,6 +497,10 @@ max_concurrent_uploads: 2
 job_retention: 1h
 activation_timeout: 5m
 shutdown_grace: 0s
+max_queued_uploads: 10000
+upload_attempts: 1
+upload_retry_backoff: 1s
+import_timeout: 1h
 "#,
         )
         .unwrap();
@@ -464,6 +527,10 @@ shutdown_grace: 0s
         assert_eq!(config.job_retention, Duration::from_secs(3600));
         assert_eq!(config.activation_timeout, Duration::from_secs(300));
         assert_eq!(config.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.max_queued_uploads, 10000);
+        assert_eq!(config.upload_attempts, 1);
+        assert_eq!(config.upload_retry_backoff, Duration::from_secs(1));
+        assert_eq!(config.import_timeout, Duration::from_secs(3600));
     }
 
     #[test]
@@ -565,6 +632,8 @@ shutdown_grace: 0s
             "stale_upload_age",
             "job_retention",
             "activation_timeout",
+            "upload_retry_backoff",
+            "import_timeout",
         ] {
             let err = parse(&format!("{key}: 0s\n")).unwrap_err();
             assert!(
@@ -594,12 +663,99 @@ shutdown_grace: 0s
             ("max_concurrent_uploads: 0\n", "max_concurrent_uploads"),
             ("max_concurrent_uploads: -1\n", "max_concurrent_uploads"),
             ("max_concurrent_uploads: many\n", "max_concurrent_uploads"),
+            ("max_concurrent_uploads: 1e30\n", "max_concurrent_uploads"),
+            ("max_queued_uploads: 2.5\n", "max_queued_uploads"),
+            ("upload_attempts: [3]\n", "upload_attempts"),
+            ("upload_attempts: true\n", "upload_attempts"),
+            ("import_timeout: 30\n", "import_timeout"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(
                 matches!(&err, ConfigError::InvalidValue { key: k, .. } if *k == key),
                 "{text}: {err}"
             );
+        }
+    }
+
+    /// The value of `key` refused: its key, its line and the reason's text.
+    fn refused(text: &str) -> (&'static str, usize, String) {
+        match parse(text) {
+            Err(err @ ConfigError::InvalidValue { key, line, .. }) => (key, line, err.to_string()),
+            other => panic!("{text:?} was not refused as a value: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn counts_outside_their_range_are_refused_naming_the_key_the_line_and_the_range() {
+        for (key, min, max) in [
+            ("max_concurrent_uploads", 1, 64),
+            ("max_queued_uploads", 1, 10000),
+            ("upload_attempts", 1, 10),
+        ] {
+            for ok in [min, max] {
+                let config = parse(&format!("{key}: {ok}\n")).unwrap();
+                let got = match key {
+                    "max_concurrent_uploads" => config.max_concurrent_uploads,
+                    "max_queued_uploads" => config.max_queued_uploads,
+                    _ => config.upload_attempts,
+                };
+                assert_eq!(got, ok, "{key}");
+            }
+            for bad in [
+                (max + 1).to_string(),
+                "0".to_string(),
+                "-1".to_string(),
+                "1e30".to_string(),
+                "4.0".to_string(),
+                "18446744073709551616".to_string(),
+                "9223372036854775807".to_string(),
+                "-9223372036854775808".to_string(),
+                "99999999999999999999999999999999999999999".to_string(),
+                "many".to_string(),
+            ] {
+                let text = format!("log_format: text\n\n{key}: {bad}\n");
+                let (k, line, message) = refused(&text);
+                assert_eq!((k, line), (key, 3), "{text}: {message}");
+                assert!(
+                    message.contains(&format!("from {min} to {max}")),
+                    "{text}: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn durations_are_from_one_second_to_100_years_unless_the_key_allows_zero() {
+        let durations = [
+            ("token_refresh_margin", true),
+            ("stale_upload_age", false),
+            ("reaper_interval", false),
+            ("upload_stall_timeout", false),
+            ("job_retention", false),
+            ("activation_timeout", false),
+            ("shutdown_grace", true),
+            ("upload_retry_backoff", false),
+            ("import_timeout", false),
+        ];
+        for (key, zero_allowed) in durations {
+            parse(&format!("{key}: 1s\n")).unwrap();
+            parse(&format!("{key}: 100years\n")).unwrap();
+            for below in ["0s", "500ms", "999ms"] {
+                let text = format!("{key}: {below}\n");
+                match parse(&text) {
+                    Ok(_) => assert!(zero_allowed, "{text} was taken"),
+                    Err(ConfigError::InvalidValue {
+                        key: k, line: 1, ..
+                    }) => {
+                        assert!(!zero_allowed, "{text} was refused");
+                        assert_eq!(k, key);
+                    }
+                    Err(other) => panic!("{text}: {other}"),
+                }
+            }
+            let (k, line, message) = refused(&format!("{key}: 101years\n"));
+            assert_eq!((k, line), (key, 1), "{message}");
+            assert!(message.contains("100 years"), "{message}");
         }
     }
 
