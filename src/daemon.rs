@@ -4,6 +4,8 @@
 //! [`run`] takes an already bound [`Listener`] and a shutdown future, so tests pass
 //! a port-0 listener and a oneshot and drive the real server over a socket;
 //! [`serve`] is the binary's: signals, and reload from the config file.
+//! Start-up's file work (`build`) runs on a blocking thread; a config that
+//! is refused exits 2 (see `crate::exit`), any other failure 1.
 
 mod reload;
 

@@ -3,7 +3,7 @@
 //! token) from the same config file ([`client`]). Answers are read into the API's
 //! wire types ([`api`](crate::api)), the same the daemon writes.
 //!
-//! Exit codes (the contract, in [`exit`](crate::exit)): 0 ok, 1 the daemon answered
+//! Exit codes (the contract, in `crate::exit`): 0 ok, 1 the daemon answered
 //! with an error, 2 usage error (for `serve`: a config it refuses), 3 daemon
 //! unreachable. Results go to stdout, progress and errors to stderr.
 

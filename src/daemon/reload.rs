@@ -2,6 +2,9 @@
 //! without a restart (the contract's "reload").
 //!
 //! All or nothing: the whole new config is checked first, and only then applied.
+//! The checking reads files (the config, the token, the upload dirs, clouds.yaml
+//! and each new cloud's certificates) on blocking threads, never on an async
+//! worker: a slow disk delays the reload, not the requests being served.
 //! A config that cannot be read (syntax, an unknown key, a bad value), an upload
 //! dir that cannot be made or resolved, an API token file that is missing,
 //! unreadable, empty or readable by others, a clouds.yaml that is missing or
