@@ -8,6 +8,12 @@
 //! `allow_non_loopbak: true` must stop the daemon, not be ignored silently.
 //! A key is one field of [`Config`] (with its default in `Default` and, when
 //! its value needs checking, a deserializer from [`values`]); serde does the rest.
+//!
+//! Every number has a range, written on its field (and in the README's config
+//! table): durations from 1 s to 100 years unless the key allows zero, counts
+//! each in their own. A value outside it, or of another kind (`1e30` for a
+//! count), is an [`ConfigError::InvalidValue`] naming the key and the line,
+//! never a value that could panic later (tokio's semaphore, the clock).
 
 mod values;
 
@@ -131,41 +137,61 @@ pub struct Config {
     pub upload_dirs: Vec<PathBuf>,
     /// How an image's name is made from base, app name and arch.
     pub image_name_template: NameTemplate,
-    /// How long before expiry a Keystone token is refreshed.
-    #[serde(deserialize_with = "values::duration")]
+    /// How long before expiry a Keystone token is refreshed (0 s ..= 100 years:
+    /// zero leaves only the floor of 10 % of the token's life).
+    #[serde(deserialize_with = "values::duration::<0, _>")]
     pub token_refresh_margin: Duration,
-    /// How old a non-active image must be before it counts as abandoned. Zero
-    /// would make every upload in progress look abandoned, and get it deleted.
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// How old a non-active image must be before it counts as abandoned (1 s
+    /// ..= 100 years). Zero would make every upload in progress look abandoned,
+    /// and get it deleted.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub stale_upload_age: Duration,
-    /// How often abandoned uploads of this daemon are looked for (zero would be
-    /// a busy loop).
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// How often abandoned uploads of this daemon are looked for (1 s ..= 100
+    /// years; zero would be a busy loop).
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub reaper_interval: Duration,
     /// How long an upload may go without byte progress before it is aborted
-    /// (zero would abort every upload before its first byte).
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// (1 s ..= 100 years; zero would abort every upload before its first byte).
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub upload_stall_timeout: Duration,
     /// Whether a non-loopback `listen` address is allowed: listening beyond
     /// this host must be asked for explicitly.
     pub allow_non_loopback: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
-    /// How many uploads run at once; more wait as queued jobs (0.2).
-    #[serde(deserialize_with = "values::at_least_one")]
+    /// How many uploads run at once; more wait as queued jobs (0.2). 1 ..= 64:
+    /// more would only crowd Glance, and a huge value would overflow the slots.
+    #[serde(deserialize_with = "values::count::<1, 64, _>")]
     pub max_concurrent_uploads: usize,
-    /// How long finished jobs (and their Idempotency-Keys) are kept (0.2); zero
-    /// would forget a job before its client could retry.
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// How long finished jobs (and their Idempotency-Keys) are kept (0.2; 1 s
+    /// ..= 100 years); zero would forget a job before its client could retry.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub job_retention: Duration,
     /// After the last byte, how long Glance may take to report the image
-    /// active (0.2); zero would fail every upload.
-    #[serde(deserialize_with = "values::nonzero_duration")]
+    /// active (0.2; 1 s ..= 100 years); zero would fail every upload.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
     pub activation_timeout: Duration,
-    /// On SIGTERM, how long uploads under way may run on (0.2); zero aborts
-    /// them at once.
-    #[serde(deserialize_with = "values::duration")]
+    /// On SIGTERM, how long uploads under way may run on (0.2; 0 s ..= 100
+    /// years); zero aborts them at once.
+    #[serde(deserialize_with = "values::duration::<0, _>")]
     pub shutdown_grace: Duration,
+    /// How many jobs may wait `queued` at once (0.3; 1 ..= 10000); past it a new
+    /// upload is answered `429 too_many_uploads`. Each queued job holds its file
+    /// open: the bound keeps a burst from exhausting file descriptors.
+    #[serde(deserialize_with = "values::count::<1, 10000, _>")]
+    pub max_queued_uploads: usize,
+    /// How many tries an upload to one cloud gets in all, for transient faults
+    /// only (0.3; 1 ..= 10; 1: no retry).
+    #[serde(deserialize_with = "values::count::<1, 10, _>")]
+    pub upload_attempts: usize,
+    /// The backoff before the first retry, doubled for each further one, with
+    /// jitter (0.3; 1 s ..= 100 years).
+    #[serde(deserialize_with = "values::duration::<1, _>")]
+    pub upload_retry_backoff: Duration,
+    /// How long a Glance import (glance-direct) may take to reach active (0.3;
+    /// 1 s ..= 100 years); past it the upload fails and its image is deleted.
+    #[serde(deserialize_with = "values::duration::<1, _>")]
+    pub import_timeout: Duration,
 }
 
 impl Default for Config {
@@ -189,6 +215,10 @@ impl Default for Config {
             allow_non_loopback: false,
             log_format: LogFormat::Text,
             max_concurrent_uploads: 4,
+            max_queued_uploads: 64,
+            upload_attempts: 3,
+            upload_retry_backoff: Duration::from_secs(2),
+            import_timeout: 30 * MINUTE,
             job_retention: 24 * 60 * MINUTE,
             activation_timeout: 30 * MINUTE,
             shutdown_grace: 10 * MINUTE,
@@ -216,7 +246,16 @@ impl Config {
             path: origin.to_path_buf(),
             reason,
         };
-        let document: Value = serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        let document: Value = match serde_yaml::from_str(text) {
+            Ok(document) => document,
+            // A number past 64 bits fits no YAML value, so a well-formed
+            // document fails here before any key is looked at: the typed read
+            // judges it (and names the key and the line of a bad value).
+            Err(_) if serde_yaml::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                return Config::typed(text, origin);
+            }
+            Err(err) => return Err(syntax(err.to_string())),
+        };
         let mapping = match document {
             // An empty file (or one holding only comments) means "all defaults".
             Value::Null => return Ok(Config::default()),
@@ -227,7 +266,7 @@ impl Config {
                 ))
             }
         };
-        let known = values::known_keys::<Config>();
+        let known = Config::keys();
         if let Some(key) = mapping
             .keys()
             .find(|key| key.as_str().is_none_or(|name| !known.contains(&name)))
@@ -239,6 +278,17 @@ impl Config {
                     .map_or_else(|| format!("{key:?}"), str::to_string),
             });
         }
+        Config::typed(text, origin)
+    }
+
+    /// The document read into [`Config`] by serde, each value checked by its
+    /// deserializer; an error names the key and the line of the value.
+    fn typed(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let syntax = |reason: String| ConfigError::Syntax {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let known = Config::keys();
         let deserializer = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = match err.path().iter().next() {
@@ -258,6 +308,11 @@ impl Config {
                 None => syntax(inner.to_string()),
             }
         })
+    }
+
+    /// The config's keys, in the order of the contract (the struct's fields).
+    pub(crate) fn keys() -> &'static [&'static str] {
+        values::known_keys::<Config>()
     }
 
     /// Refuses a `listen` address beyond loopback unless `allow_non_loopback` is set.
@@ -371,331 +426,4 @@ pub enum LogFormat {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_yaml(text, Path::new("/etc/test/config.yaml"))
-    }
-
-    #[test]
-    fn empty_file_gives_all_defaults() {
-        let defaults = Config::default();
-        assert_eq!(parse("").unwrap(), defaults);
-        assert_eq!(parse("# only a comment\n").unwrap(), defaults);
-        assert_eq!(defaults.listen.to_string(), "127.0.0.1:8427");
-        assert_eq!(
-            defaults.clouds_yaml.as_deref(),
-            Some(Path::new("/var/lib/openstack-image-helper/clouds.yaml"))
-        );
-        assert_eq!(defaults.default_cloud, None);
-        assert_eq!(
-            defaults.state_dir,
-            Path::new("/var/lib/openstack-image-helper")
-        );
-        assert_eq!(
-            defaults.api_token_file,
-            Path::new("/var/lib/openstack-image-helper/api-token")
-        );
-        assert_eq!(
-            defaults.upload_dirs,
-            vec![PathBuf::from("/var/lib/openstack-image-helper/images")]
-        );
-        assert_eq!(
-            defaults.image_name_template.to_string(),
-            "{base}-{app_name}-{arch}"
-        );
-        assert_eq!(defaults.token_refresh_margin, Duration::from_secs(600));
-        assert_eq!(defaults.stale_upload_age, Duration::from_secs(3600));
-        assert_eq!(defaults.reaper_interval, Duration::from_secs(300));
-        assert_eq!(defaults.upload_stall_timeout, Duration::from_secs(300));
-        assert!(!defaults.allow_non_loopback);
-        assert_eq!(defaults.log_format, LogFormat::Text);
-        assert_eq!(defaults.max_concurrent_uploads, 4);
-        assert_eq!(defaults.job_retention, Duration::from_secs(24 * 3600));
-        assert_eq!(defaults.activation_timeout, Duration::from_secs(30 * 60));
-        assert_eq!(defaults.shutdown_grace, Duration::from_secs(10 * 60));
-    }
-
-    #[test]
-    fn every_key_is_parsed() {
-        let config = parse(
-            r#"
-listen: unix:/run/oih.sock
-clouds_yaml: /srv/clouds.yaml
-default_cloud: charm
-state_dir: /srv/state
-api_token_file: /srv/token
-upload_dirs: [/srv/a, /srv/b]
-image_name_template: "img-{arch}-{base}-{app_name}"
-token_refresh_margin: 90s
-stale_upload_age: 2h
-reaper_interval: 1m
-upload_stall_timeout: 30s
-allow_non_loopback: true
-log_format: json
-max_concurrent_uploads: 2
-job_retention: 1h
-activation_timeout: 5m
-shutdown_grace: 0s
-"#,
-        )
-        .unwrap();
-        assert_eq!(config.listen, Listen::Unix(PathBuf::from("/run/oih.sock")));
-        assert_eq!(config.clouds_yaml, Some(PathBuf::from("/srv/clouds.yaml")));
-        assert_eq!(config.default_cloud.as_deref(), Some("charm"));
-        assert_eq!(config.state_dir, Path::new("/srv/state"));
-        assert_eq!(config.api_token_file, Path::new("/srv/token"));
-        assert_eq!(
-            config.upload_dirs,
-            vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
-        );
-        assert_eq!(
-            config.image_name_template.render("noble", "app", "x64"),
-            "img-x64-noble-app"
-        );
-        assert_eq!(config.token_refresh_margin, Duration::from_secs(90));
-        assert_eq!(config.stale_upload_age, Duration::from_secs(7200));
-        assert_eq!(config.reaper_interval, Duration::from_secs(60));
-        assert_eq!(config.upload_stall_timeout, Duration::from_secs(30));
-        assert!(config.allow_non_loopback);
-        assert_eq!(config.log_format, LogFormat::Json);
-        assert_eq!(config.max_concurrent_uploads, 2);
-        assert_eq!(config.job_retention, Duration::from_secs(3600));
-        assert_eq!(config.activation_timeout, Duration::from_secs(300));
-        assert_eq!(config.shutdown_grace, Duration::ZERO);
-    }
-
-    #[test]
-    fn explicit_null_clouds_yaml_means_search_path() {
-        let config = parse("clouds_yaml: null\n").unwrap();
-        assert_eq!(config.clouds_yaml, None);
-        let config = parse("clouds_yaml:\n").unwrap();
-        assert_eq!(config.clouds_yaml, None);
-    }
-
-    #[test]
-    fn unknown_key_is_rejected_naming_file_and_key() {
-        let err = parse("allow_non_loopbak: true\n").unwrap_err();
-        assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "allow_non_loopbak"));
-        let message = err.to_string();
-        assert!(message.contains("/etc/test/config.yaml"), "{message}");
-        assert!(message.contains("'allow_non_loopbak'"), "{message}");
-        // The known keys come from the struct, in the contract's order.
-        assert!(
-            message.contains("known keys: listen, clouds_yaml, default_cloud,"),
-            "{message}"
-        );
-        assert!(message.contains("shutdown_grace"), "{message}");
-    }
-
-    #[test]
-    fn bad_duration_is_rejected_naming_the_key() {
-        let err = parse("reaper_interval: soon\n").unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::InvalidValue {
-                key: "reaper_interval",
-                ..
-            }
-        ));
-        let message = err.to_string();
-        assert!(message.contains("/etc/test/config.yaml"), "{message}");
-        assert!(message.contains("reaper_interval"), "{message}");
-        assert!(message.contains("soon"), "{message}");
-
-        let err = parse("token_refresh_margin: 600\n").unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::InvalidValue {
-                key: "token_refresh_margin",
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn a_bad_value_is_named_by_key_and_line_with_what_was_expected() {
-        let err = parse("listen: 127.0.0.1:8427\n\nreaper_interval: 600\n").unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::InvalidValue {
-                key: "reaper_interval",
-                line: 3,
-                ..
-            }
-        ));
-        let message = err.to_string();
-        assert!(message.contains("line 3"), "{message}");
-        assert!(message.contains("key 'reaper_interval'"), "{message}");
-        assert!(message.contains("a duration such as"), "{message}");
-        assert!(!message.contains("reaper_interval: "), "{message}");
-
-        let err = parse("log_format: xml\n").unwrap_err().to_string();
-        assert!(err.contains("`text`") && err.contains("`json`"), "{err}");
-    }
-
-    #[test]
-    fn durations_too_long_for_the_clock_are_an_error_not_a_panic() {
-        for value in [
-            "1e19s",
-            "18446744073709551615s",
-            "99999999999999999999999s",
-            "200years",
-        ] {
-            for key in ["reaper_interval", "token_refresh_margin", "shutdown_grace"] {
-                let err = parse(&format!("{key}: {value}\n")).unwrap_err();
-                assert!(
-                    matches!(&err, ConfigError::InvalidValue { key: k, .. } if *k == key),
-                    "{key}: {value}: {err}"
-                );
-            }
-        }
-        assert_eq!(
-            parse("job_retention: 99years\n").unwrap().job_retention,
-            humantime::parse_duration("99years").unwrap()
-        );
-    }
-
-    #[test]
-    fn zero_durations_are_rejected_where_they_make_no_sense() {
-        for key in [
-            "reaper_interval",
-            "upload_stall_timeout",
-            "stale_upload_age",
-            "job_retention",
-            "activation_timeout",
-        ] {
-            let err = parse(&format!("{key}: 0s\n")).unwrap_err();
-            assert!(
-                matches!(&err, ConfigError::InvalidValue { key: k, .. } if *k == key),
-                "{key}: {err}"
-            );
-        }
-        assert_eq!(
-            parse("token_refresh_margin: 0s\n")
-                .unwrap()
-                .token_refresh_margin,
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn wrongly_typed_values_are_rejected_naming_the_key() {
-        for (text, key) in [
-            ("allow_non_loopback: yes please\n", "allow_non_loopback"),
-            ("upload_dirs: /srv/a\n", "upload_dirs"),
-            ("log_format: xml\n", "log_format"),
-            ("state_dir: ''\n", "state_dir"),
-            ("listen: 8427\n", "listen"),
-            ("listen: example.com:80\n", "listen"),
-            ("default_cloud: ''\n", "default_cloud"),
-            ("upload_dirs: [/srv/a, '']\n", "upload_dirs"),
-            ("max_concurrent_uploads: 0\n", "max_concurrent_uploads"),
-            ("max_concurrent_uploads: -1\n", "max_concurrent_uploads"),
-            ("max_concurrent_uploads: many\n", "max_concurrent_uploads"),
-        ] {
-            let err = parse(text).unwrap_err();
-            assert!(
-                matches!(&err, ConfigError::InvalidValue { key: k, .. } if *k == key),
-                "{text}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn yaml_that_is_not_a_mapping_is_rejected_naming_the_file() {
-        let err = parse("- a\n- b\n").unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { .. }));
-        assert!(err.to_string().contains("/etc/test/config.yaml"));
-        let err = parse("listen: [\n").unwrap_err();
-        assert!(matches!(err, ConfigError::Syntax { .. }));
-    }
-
-    #[test]
-    fn load_names_a_missing_file() {
-        let err = Config::load(Path::new("/nonexistent/config.yaml")).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }));
-        assert!(err.to_string().contains("/nonexistent/config.yaml"));
-    }
-
-    #[test]
-    fn listen_accepts_ipv4_ipv6_unix_and_localhost() {
-        let v4: Listen = "127.0.0.1:8427".parse().unwrap();
-        assert_eq!(v4, Listen::Tcp("127.0.0.1:8427".parse().unwrap()));
-        let v6: Listen = "[::1]:9000".parse().unwrap();
-        assert_eq!(v6, Listen::Tcp("[::1]:9000".parse().unwrap()));
-        let unix: Listen = "unix:/run/x.sock".parse().unwrap();
-        assert_eq!(unix, Listen::Unix(PathBuf::from("/run/x.sock")));
-        let localhost: Listen = "localhost:8427".parse().unwrap();
-        assert_eq!(localhost, Listen::Tcp("127.0.0.1:8427".parse().unwrap()));
-
-        assert!("unix:".parse::<Listen>().is_err());
-        assert!("example.com:8427".parse::<Listen>().is_err());
-        assert!("127.0.0.1".parse::<Listen>().is_err());
-        assert!("localhost:99999".parse::<Listen>().is_err());
-    }
-
-    #[test]
-    fn listen_display_round_trips() {
-        for text in [
-            "127.0.0.1:8427",
-            "[::1]:8427",
-            "0.0.0.0:80",
-            "unix:/run/x.sock",
-        ] {
-            let listen: Listen = text.parse().unwrap();
-            assert_eq!(listen.to_string(), text);
-            assert_eq!(listen.to_string().parse::<Listen>().unwrap(), listen);
-        }
-    }
-
-    #[test]
-    fn non_loopback_listen_needs_allow_non_loopback() {
-        let mut config = parse("listen: 0.0.0.0:8427\n").unwrap();
-        let err = config.validate_listen().unwrap_err();
-        assert!(err.to_string().contains("allow_non_loopback"), "{err}");
-        config.allow_non_loopback = true;
-        config.validate_listen().unwrap();
-
-        for ok in [
-            "127.0.0.1:1",
-            "127.1.2.3:1",
-            "[::1]:1",
-            "[::ffff:127.0.0.1]:1",
-            "localhost:1",
-            "unix:/run/x.sock",
-        ] {
-            let config = Config {
-                listen: ok.parse().unwrap(),
-                ..Config::default()
-            };
-            config.validate_listen().unwrap();
-        }
-        for refused in [
-            "10.0.0.1:1",
-            "[::]:1",
-            "[2001:db8::1]:1",
-            "[::ffff:10.0.0.1]:1",
-        ] {
-            let config = Config {
-                listen: refused.parse().unwrap(),
-                ..Config::default()
-            };
-            assert!(config.validate_listen().is_err(), "{refused}");
-        }
-    }
-
-    #[test]
-    fn a_bad_template_is_rejected_naming_the_key() {
-        let err = parse("image_name_template: \"{base}-{arch}\"\n").unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::InvalidValue {
-                key: "image_name_template",
-                ..
-            }
-        ));
-        assert!(err.to_string().contains("{app_name}"), "{err}");
-    }
-}
+mod tests;

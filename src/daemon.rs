@@ -4,6 +4,8 @@
 //! [`run`] takes an already bound [`Listener`] and a shutdown future, so tests pass
 //! a port-0 listener and a oneshot and drive the real server over a socket;
 //! [`serve`] is the binary's: signals, and reload from the config file.
+//! Start-up's file work (`build`) runs on a blocking thread; a config that
+//! is refused exits 2 (see `crate::exit`), any other failure 1.
 
 mod reload;
 
@@ -15,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::clouds::{CloudsError, CloudsFile};
 use crate::config::{Config, ConfigError, Listen};
+use crate::exit::{EXIT_DAEMON_ERROR, EXIT_OK};
 use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
 use crate::jobs::{JobRequest, JobSettings, Jobs, JobsError, Recovery};
@@ -42,6 +45,21 @@ pub enum DaemonError {
     },
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    /// The start-up work on a blocking thread did not come back (the runtime
+    /// is shutting down).
+    #[error("start-up: {0}")]
+    StartUp(String),
+}
+
+impl DaemonError {
+    /// The process's exit code for this error: a config that no restart can
+    /// mend is told apart (see [`crate::exit`]).
+    pub(crate) fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Config(err) => crate::exit::of_config_error(err),
+            _ => EXIT_DAEMON_ERROR,
+        }
+    }
 }
 
 /// A bound socket the API is served on.
@@ -144,8 +162,8 @@ fn image_settings(config: &Config, daemon_id: String, upload_dirs: Vec<PathBuf>)
         activation_timeout: config.activation_timeout,
         daemon_id,
         upload_dirs,
-        upload_attempts: 3,
-        upload_retry_backoff: std::time::Duration::from_secs(2),
+        upload_attempts: u32::try_from(config.upload_attempts).unwrap_or(u32::MAX),
+        upload_retry_backoff: config.upload_retry_backoff,
     }
 }
 
@@ -154,7 +172,7 @@ fn job_settings(config: &Config) -> JobSettings {
     JobSettings {
         max_concurrent_uploads: config.max_concurrent_uploads,
         job_retention: config.job_retention,
-        max_queued_uploads: 64,
+        max_queued_uploads: config.max_queued_uploads,
     }
 }
 
@@ -212,6 +230,19 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
     })
 }
 
+/// [`build`] on a blocking thread: start-up reads clouds.yaml and certificate
+/// files, creates and fsyncs the token file, the daemon id and the job records,
+/// none of which may hold an async worker (a slow disk would stall every
+/// request, and on a single-threaded runtime, all of them).
+async fn build_off_the_runtime(config: &Config) -> Result<App, DaemonError> {
+    let config = config.clone();
+    match tokio::task::spawn_blocking(move || build(&config)).await {
+        Ok(built) => built,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(DaemonError::StartUp(err.to_string())),
+    }
+}
+
 /// How the job store takes part in the stop: no new job once it begins; when
 /// `shutdown_grace` ends with jobs under way, they are recorded interrupted and
 /// their images deleted; once their tasks are gone, a last sweep of this
@@ -265,7 +296,7 @@ async fn run_controlled(
     stop_signal: impl Future<Output = ()> + Send + 'static,
     reloads: Option<(ConfigSource, mpsc::Receiver<()>)>,
 ) -> Result<(), DaemonError> {
-    let mut app = build(&config)?;
+    let mut app = build_off_the_runtime(&config).await?;
     let leftovers = std::mem::take(&mut app.recovery.images_to_delete);
     app.state.images.delete_leftovers(leftovers);
     let mut reaper = tokio::spawn(app.state.images.clone().run_reaper(app.reaper_interval));
@@ -356,14 +387,14 @@ async fn control(
 }
 
 /// `serve`, as the binary runs it: logs, signals, the listener, the daemon.
-/// Returns the exit code.
+/// Returns the exit code (see [`crate::exit`]).
 pub(crate) async fn serve(config: Config, explicit_config: Option<PathBuf>) -> i32 {
     // SIGHUP's default action kills the process: take it over first.
     let reloads = match reload_signal() {
         Ok(rx) => rx,
         Err(err) => {
             eprintln!("error: cannot install the SIGHUP handler: {err}");
-            return crate::cli::EXIT_DAEMON_ERROR;
+            return EXIT_DAEMON_ERROR;
         }
     };
     crate::telemetry::init(config.log_format);
@@ -371,24 +402,24 @@ pub(crate) async fn serve(config: Config, explicit_config: Option<PathBuf>) -> i
         Ok(s) => s,
         Err(err) => {
             tracing::error!("cannot install signal handlers: {err}");
-            return crate::cli::EXIT_DAEMON_ERROR;
+            return EXIT_DAEMON_ERROR;
         }
     };
     let listener = match Listener::bind(&config).await {
         Ok(l) => l,
         Err(err) => {
             tracing::error!("{err}");
-            return crate::cli::EXIT_DAEMON_ERROR;
+            return err.exit_code();
         }
     };
     let source = ConfigSource {
         explicit: explicit_config,
     };
     match run_controlled(config, listener, shutdown, Some((source, reloads))).await {
-        Ok(()) => crate::cli::EXIT_OK,
+        Ok(()) => EXIT_OK,
         Err(err) => {
             tracing::error!("{err}");
-            crate::cli::EXIT_DAEMON_ERROR
+            err.exit_code()
         }
     }
 }
@@ -420,4 +451,109 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A clouds.yaml of one cloud whose Keystone is nowhere (nothing is asked of it).
+    pub(super) const ONE_CLOUD: &str =
+        "clouds:\n  c:\n    auth: {auth_url: 'http://127.0.0.1:9/v3', user_id: u, password: p}\n";
+
+    /// A FIFO at `path`: reading it blocks until someone writes.
+    pub(super) fn make_fifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid, NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    }
+
+    /// A task on the test's runtime that counts every 5 ms it gets to run.
+    pub(super) fn ticker() -> Arc<AtomicU64> {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        ticks
+    }
+
+    /// Once a reader opened the FIFO at `path`, holds it waiting for 300 ms,
+    /// then writes `text`. Returns how often `ticks` advanced meanwhile: with
+    /// the read on an async thread of a single-threaded runtime, not at all.
+    pub(super) fn feed_fifo_slowly(
+        path: &Path,
+        text: &'static str,
+        ticks: Arc<AtomicU64>,
+    ) -> std::thread::JoinHandle<u64> {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut fifo = loop {
+                // Non-blocking: fails (ENXIO) until a reader has it open.
+                let opened = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path);
+                match opened {
+                    Ok(fifo) => break fifo,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(err) => panic!("no reader opened {}: {err}", path.display()),
+                }
+            };
+            let before = ticks.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(300));
+            let after = ticks.load(Ordering::Relaxed);
+            fifo.write_all(text.as_bytes()).unwrap();
+            after - before
+        })
+    }
+
+    /// A config under `root` whose clouds.yaml is `clouds`.
+    pub(super) fn config_in(root: &Path, clouds: &Path) -> Config {
+        Config {
+            clouds_yaml: Some(clouds.to_path_buf()),
+            state_dir: root.join("state"),
+            api_token_file: root.join("state/api-token"),
+            upload_dirs: vec![root.join("images")],
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_up_reads_and_writes_its_files_off_the_async_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("clouds.yaml");
+        make_fifo(&fifo);
+        let config = config_in(dir.path(), &fifo);
+        let listener = Listener::Tcp(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let ticks = ticker();
+        let writer = feed_fifo_slowly(&fifo, ONE_CLOUD, ticks);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let ticked = tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            ticked >= 10,
+            "the runtime stood still while start-up read clouds.yaml ({ticked} ticks in 300 ms)"
+        );
+        let _ = stop.send(());
+        daemon.await.unwrap().unwrap();
+    }
 }

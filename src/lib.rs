@@ -23,6 +23,7 @@
 //! - [`http`]: the API v1 router, auth, handlers and the error → status mapping.
 //! - [`daemon`]: `serve`: start-up rules, wiring, reload (`SIGHUP`), the stop (`SIGTERM`).
 //! - [`cli`]: the subcommands, and the client side of the API.
+//! - `exit`: the process's exit codes, read by `cli` and `daemon` alike.
 //! - [`systemd`]: readiness, the `STATUS=` line, the watchdog, stopping.
 //! - [`shutdown`]: the stop: no new uploads, `shutdown_grace`, aborting the rest.
 //! - [`metrics`]: the Prometheus series of `GET /metrics`.
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod clouds;
 pub mod config;
 pub mod daemon;
+pub(crate) mod exit;
 pub(crate) mod http;
 pub(crate) mod images;
 pub(crate) mod jobs;

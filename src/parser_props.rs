@@ -15,7 +15,7 @@ use serde_yaml::Value as Yaml;
 
 use crate::api::UploadFields;
 use crate::clouds::CloudsFile;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::images::names::ImageFamily;
 use crate::images::UploadRequest;
 
@@ -185,6 +185,10 @@ const CONFIG_KEYS: &[&str] = &[
     "job_retention",
     "activation_timeout",
     "shutdown_grace",
+    "max_queued_uploads",
+    "upload_attempts",
+    "upload_retry_backoff",
+    "import_timeout",
     "listen_address",
     "timeout",
 ];
@@ -220,7 +224,9 @@ fn config_value(key: &'static str) -> BoxedStrategy<Yaml> {
         "log_format" => prop::sample::select(vec!["text", "json", "xml"])
             .prop_map(Yaml::from)
             .boxed(),
-        "max_concurrent_uploads" => any::<i64>().prop_map(Yaml::from).boxed(),
+        "max_concurrent_uploads" | "max_queued_uploads" | "upload_attempts" => {
+            any::<i64>().prop_map(Yaml::from).boxed()
+        }
         _ => duration_word().prop_map(Yaml::from).boxed(),
     };
     prop_oneof![6 => near, 1 => any_yaml()].boxed()
@@ -246,6 +252,50 @@ fn duration_word() -> impl Strategy<Value = String> {
             format!("{n}{u}")
         }
     })
+}
+
+/// A number as a config file may hold one: small, at the edges of the
+/// ranges, past what 64 bits hold, negative, fractional, in exponent form,
+/// infinite, and YAML's other spellings.
+fn any_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => (0u64..=12_000).prop_map(|n| n.to_string()),
+        2 => any::<u64>().prop_map(|n| n.to_string()),
+        2 => any::<i64>().prop_map(|n| n.to_string()),
+        2 => any::<f64>().prop_map(|n| format!("{n:e}")),
+        1 => any::<f64>().prop_map(|n| n.to_string()),
+        1 => "[1-9][0-9]{19,45}",
+        1 => prop::sample::select(vec![
+            "1e30", "-1e30", ".inf", "-.inf", ".nan", "0x40", "0o17", "+5", "1_000", "64.0",
+            "3155760000", "3155760001", "-0",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+/// Whether every number of `config` is within the range the README documents.
+fn in_documented_ranges(config: &Config) -> bool {
+    use std::time::Duration;
+    let second = Duration::from_secs(1);
+    let century = Duration::from_secs(100 * 31_557_600);
+    let from_one_second = [
+        config.stale_upload_age,
+        config.reaper_interval,
+        config.upload_stall_timeout,
+        config.job_retention,
+        config.activation_timeout,
+        config.upload_retry_backoff,
+        config.import_timeout,
+    ];
+    from_one_second
+        .iter()
+        .all(|d| (second..=century).contains(d))
+        && [config.token_refresh_margin, config.shutdown_grace]
+            .iter()
+            .all(|d| *d <= century)
+        && (1..=64).contains(&config.max_concurrent_uploads)
+        && (1..=10_000).contains(&config.max_queued_uploads)
+        && (1..=10).contains(&config.upload_attempts)
 }
 
 /// Any YAML value, a few levels deep, with duration words among the strings.
@@ -306,13 +356,31 @@ proptest! {
             for d in [
                 config.token_refresh_margin, config.stale_upload_age, config.reaper_interval,
                 config.upload_stall_timeout, config.job_retention, config.activation_timeout,
-                config.shutdown_grace,
+                config.shutdown_grace, config.upload_retry_backoff, config.import_timeout,
             ] {
                 prop_assert!(now.checked_add(d).is_some(), "{d:?} overflows the clock");
                 prop_assert!(tokio::time::Instant::now().checked_add(d).is_some());
             }
             prop_assert!(!config.upload_stall_timeout.is_zero());
-            prop_assert!(config.max_concurrent_uploads >= 1);
+            prop_assert!(in_documented_ranges(&config), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn any_number_for_any_key_is_a_value_in_range_or_an_error_naming_key_and_line(
+        key in prop::sample::select(Config::keys().to_vec()),
+        number in any_number(),
+        unit in prop::sample::select(vec!["", "", "s", "ms", "m", "h", "y", "x"]),
+        line in 1usize..4,
+    ) {
+        let text = format!("{}{key}: {number}{unit}\n", "\n".repeat(line - 1));
+        match Config::from_yaml(&text, Path::new("/etc/test/config.yaml")) {
+            Ok(config) => prop_assert!(in_documented_ranges(&config), "{text}: {config:?}"),
+            Err(ConfigError::InvalidValue { key: refused, line: at, .. }) => {
+                prop_assert_eq!(refused, key, "{}", text);
+                prop_assert_eq!(at, line, "{}", text);
+            }
+            Err(other) => prop_assert!(false, "{text}: not a value error: {other}"),
         }
     }
 

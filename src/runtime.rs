@@ -3,6 +3,10 @@
 //!
 //! [`prepare_runtime`] does the contract's start-up work once, for `serve`;
 //! [`client_api_token`] only reads what the daemon wrote, for the CLI.
+//!
+//! All of it is blocking file work (reads, creates, fsyncs): the daemon calls
+//! it from a blocking thread (`spawn_blocking`), at start-up and on `SIGHUP`,
+//! never on an async worker.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};

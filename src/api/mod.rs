@@ -23,6 +23,12 @@ pub(crate) struct Health {
     /// Always `ok` while the process serves.
     #[schema(example = "ok")]
     pub(crate) status: String,
+    /// The daemon's version (the crate's): the charm library checks it (0.3).
+    #[schema(example = "0.3.0")]
+    pub(crate) version: String,
+    /// The API's major version, the `v1` of its paths (0.3).
+    #[schema(example = 1)]
+    pub(crate) api: u32,
 }
 
 /// One cloud in `GET /v1/status`. Never a secret or a token.

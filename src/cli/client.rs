@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::{EXIT_DAEMON_ERROR, EXIT_UNREACHABLE};
 use crate::api::ErrorBody;
 use crate::config::{Config, Listen};
+use crate::exit::{EXIT_DAEMON_ERROR, EXIT_UNREACHABLE};
 use crate::runtime::client_api_token;
 use crate::secret::Secret;
 

@@ -7,9 +7,10 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use super::client::{ApiClient, ClientError};
-use super::{UploadArgs, EXIT_DAEMON_ERROR, EXIT_OK, EXIT_UNREACHABLE};
+use super::UploadArgs;
 use crate::api::{CloudUpload, Job, JobList, UploadFields};
 use crate::config::Config;
+use crate::exit::{EXIT_DAEMON_ERROR, EXIT_OK, EXIT_UNREACHABLE};
 use crate::jobs::JobState;
 
 /// How often a followed job is polled.

@@ -3,8 +3,9 @@
 //! token) from the same config file ([`client`]). Answers are read into the API's
 //! wire types ([`api`](crate::api)), the same the daemon writes.
 //!
-//! Exit codes (the contract): 0 ok, 1 the daemon answered with an error, 2 usage
-//! error, 3 daemon unreachable. Results go to stdout, progress and errors to stderr.
+//! Exit codes (the contract, in `crate::exit`): 0 ok, 1 the daemon answered
+//! with an error, 2 usage error (for `serve`: a config it refuses), 3 daemon
+//! unreachable. Results go to stdout, progress and errors to stderr.
 
 mod client;
 mod jobs;
@@ -14,13 +15,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{CloudLatest, Latest, LatestResults, Status};
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::exit::{EXIT_DAEMON_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 use client::ApiClient;
-
-pub(crate) const EXIT_OK: i32 = 0;
-pub(crate) const EXIT_DAEMON_ERROR: i32 = 1;
-pub(crate) const EXIT_USAGE: i32 = 2;
-pub(crate) const EXIT_UNREACHABLE: i32 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -160,10 +157,10 @@ pub fn main() -> i32 {
     };
     let config = match load_config(cli.config.as_ref()) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(err) => {
+            eprintln!("error: {err}");
             return match cli.command {
-                Command::Serve => EXIT_DAEMON_ERROR,
+                Command::Serve => crate::exit::of_config_error(&err),
                 _ => EXIT_UNREACHABLE,
             };
         }
@@ -190,13 +187,13 @@ pub fn main() -> i32 {
 
 /// The config file; the default path may be missing (every key has a default),
 /// a path given explicitly may not.
-fn load_config(explicit: Option<&PathBuf>) -> Result<Config, String> {
+fn load_config(explicit: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match explicit {
-        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        Some(path) => Config::load(path),
         None => {
             let path = PathBuf::from(DEFAULT_CONFIG_PATH);
             if path.exists() {
-                Config::load(&path).map_err(|e| e.to_string())
+                Config::load(&path)
             } else {
                 Ok(Config::default())
             }

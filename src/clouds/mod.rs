@@ -2,7 +2,9 @@
 //!
 //! The charm already writes clouds.yaml for openstacksdk and the `openstack`
 //! CLI, so the daemon reads the same file the same way: the same search path,
-//! the same auth types and key names, secure.yaml merged over it, and unknown
+//! the same auth types and key names, secure.yaml merged over it where
+//! openstacksdk merges it (the search path only: a file named in the config,
+//! or sent to `PUT /v1/clouds`, is read alone), and unknown
 //! keys ignored (openstacksdk's files carry many keys this daemon has no use
 //! for, such as `compute_api_version`).
 //!
@@ -10,7 +12,7 @@
 //! error can name the file, the cloud and the key, and so that no error ever
 //! quotes a value that might be a secret.
 //!
-//! - [`search`]: where the files are (openstacksdk's search path, secure.yaml beside them).
+//! - [`search`]: where the files are (a path given, or openstacksdk's search path with its secure.yaml).
 //! - [`settings`]: one document to [`CloudsFile`]: secure.yaml merged, each cloud's keys read.
 //! - [`auth`]: the auth types and the rules that name users, projects and domains.
 

@@ -1,4 +1,5 @@
-//! Where clouds.yaml and secure.yaml are: a path given, or openstacksdk's search path.
+//! Where clouds.yaml and secure.yaml are: a path given (read alone), or
+//! openstacksdk's search path (secure.yaml merged over it).
 
 use std::fs;
 use std::io;
@@ -16,25 +17,17 @@ const SUFFIXES: &[&str] = &["yaml", "yml", "json"];
 impl CloudsFile {
     /// Loads clouds.yaml.
     ///
-    /// With `path`, that file, plus `secure.yaml` (or `secure.yml`) in the same
-    /// directory when present. With `None`, openstacksdk's search path, using
-    /// the process's environment, `$HOME` and current directory (see [`search`]).
+    /// With `path`, that file alone: a `secure.yaml` beside it is not read
+    /// (openstacksdk merges one only on its search path, and a file the daemon
+    /// was pointed at, or that `PUT /v1/clouds` wrote, holds every credential
+    /// it needs; merging would bring back secrets, or clouds, the PUT dropped).
+    /// With `None`, openstacksdk's search path, secure.yaml included, using the
+    /// process's environment, `$HOME` and current directory (see [`search`]).
     pub fn load(path: Option<&Path>) -> Result<CloudsFile, CloudsError> {
         match path {
             Some(path) => {
                 let text = read_file("clouds.yaml", path)?;
-                let dir = path.parent().unwrap_or(Path::new(""));
-                let beside: Vec<PathBuf> = ["yaml", "yml"]
-                    .iter()
-                    .map(|suffix| dir.join(format!("secure.{suffix}")))
-                    .collect();
-                let secure = first_readable("secure.yaml", &beside)?;
-                from_documents(
-                    (&text, Some(path)),
-                    secure
-                        .as_ref()
-                        .map(|(p, t)| (t.as_str(), Some(p.as_path()))),
-                )
+                from_documents((&text, Some(path)), None)
             }
             None => {
                 let env = |name: &str| std::env::var(name).ok();
@@ -172,9 +165,30 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn load_with_a_path_reads_secure_yaml_beside_it() {
+    fn load_with_a_path_reads_that_file_alone_never_a_secure_yaml_beside_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("clouds.yaml");
+        fs::write(
+            &path,
+            "clouds:\n  c:\n    auth: {auth_url: 'https://k/v3', user_id: u, password: mine}\n",
+        )
+        .unwrap();
+        for secure in ["secure.yaml", "secure.yml"] {
+            fs::write(
+                dir.path().join(secure),
+                "clouds:\n  c:\n    auth: {password: old}\n  dropped:\n    auth: {password: x}\n",
+            )
+            .unwrap();
+        }
+        let file = CloudsFile::load(Some(&path)).unwrap();
+        assert_eq!(file.path.as_deref(), Some(path.as_path()));
+        assert_eq!(file.names(), ["c"], "no cloud comes from secure.yaml");
+        let Auth::Password { password, .. } = &file.clouds[0].auth else {
+            panic!("not password");
+        };
+        assert_eq!(password.expose(), "mine");
+
+        // A cloud without its password stays without it: secure.yaml does not mend it.
         fs::write(
             &path,
             "clouds:\n  c:\n    auth: {auth_url: 'https://k/v3', user_id: u}\n",
@@ -185,18 +199,6 @@ mod tests {
             err.to_string().contains(&path.display().to_string()),
             "{err}"
         );
-
-        fs::write(
-            dir.path().join("secure.yaml"),
-            "clouds:\n  c:\n    auth: {password: pw}\n",
-        )
-        .unwrap();
-        let file = CloudsFile::load(Some(&path)).unwrap();
-        assert_eq!(file.path.as_deref(), Some(path.as_path()));
-        let Auth::Password { password, .. } = &file.clouds[0].auth else {
-            panic!("not password");
-        };
-        assert_eq!(password.expose(), "pw");
 
         let err = CloudsFile::load(Some(&dir.path().join("absent.yaml"))).unwrap_err();
         assert!(matches!(err, CloudsError::Read { .. }));

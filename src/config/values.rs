@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-/// The longest duration any key takes: longer ones are typos (`1e19s`), and
-/// would overflow the clock when added to "now" (a panic, not an error).
-pub(super) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// The longest duration any key takes, 100 years as humantime counts them
+/// (`100y`, 365.25 days each): longer ones are typos (`1e19s`), and would
+/// overflow the clock when added to "now" (a panic, not an error).
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// The field names serde's derive gave `T` (its keys, in declaration order).
 ///
@@ -105,28 +106,96 @@ pub(super) fn paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::
         .collect())
 }
 
-/// A count of at least one.
-pub(super) fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    match usize::deserialize(d)? {
-        0 => Err(de::Error::custom("must be at least 1")),
-        n => Ok(n),
+/// A whole number from `MIN` to `MAX` (a count: uploads, tries).
+///
+/// Checked inside the visitor, so the error keeps its line; a number of another
+/// kind (`1e30`, `2.5`, `-1`) or a word is refused with the range it must be in.
+pub(super) fn count<'de, const MIN: u64, const MAX: u64, D: Deserializer<'de>>(
+    d: D,
+) -> Result<usize, D::Error> {
+    let n = d.deserialize_any(CountVisitor { min: MIN, max: MAX })?;
+    usize::try_from(n).map_err(|_| de::Error::custom(CountVisitor::out_of_range(MIN, MAX)))
+}
+
+/// Reads a count, refusing what is not a whole number in `min..=max`.
+struct CountVisitor {
+    /// The smallest value allowed.
+    min: u64,
+    /// The largest value allowed.
+    max: u64,
+}
+
+impl CountVisitor {
+    fn out_of_range(min: u64, max: u64) -> String {
+        format!("out of range: expected a whole number from {min} to {max}")
+    }
+
+    fn refuse<E: de::Error>(&self, what: impl fmt::Display) -> E {
+        E::custom(format!(
+            "{what} is {}",
+            Self::out_of_range(self.min, self.max)
+        ))
     }
 }
 
-/// A humantime duration (`90s`, `10m`, `1h`), zero allowed.
-pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_str(DurationVisitor { nonzero: false })
+impl Visitor<'_> for CountVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a whole number from {} to {}", self.min, self.max)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+        if (self.min..=self.max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.refuse(n))
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(self.refuse(n)),
+        }
+    }
+
+    fn visit_u128<E: de::Error>(self, n: u128) -> Result<u64, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(self.refuse(n)),
+        }
+    }
+
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<u64, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(self.refuse(n)),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+        Err(E::custom(format!(
+            "{n:e} is not a whole number: expected a whole number from {} to {}",
+            self.min, self.max
+        )))
+    }
 }
 
-/// A humantime duration longer than zero.
-pub(super) fn nonzero_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_str(DurationVisitor { nonzero: true })
+/// A humantime duration (`90s`, `10m`, `1h`) from `MIN_SECS` seconds to 100
+/// years (the contract's range for every duration, unless a key allows zero).
+pub(super) fn duration<'de, const MIN_SECS: u64, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor {
+        min: Duration::from_secs(MIN_SECS),
+    })
 }
 
 /// Reads a duration, checked inside the visitor so the error keeps its position.
 struct DurationVisitor {
-    /// Whether `0s` is refused.
-    nonzero: bool,
+    /// The shortest duration allowed.
+    min: Duration,
 }
 
 impl Visitor<'_> for DurationVisitor {
@@ -147,8 +216,15 @@ impl Visitor<'_> for DurationVisitor {
                 "'{text}' is longer than 100 years, more than any setting needs"
             )));
         }
-        if self.nonzero && parsed.is_zero() {
-            return Err(E::custom("must be longer than zero"));
+        if parsed < self.min {
+            return Err(E::custom(if parsed.is_zero() {
+                "must be longer than zero (at least 1s)".to_string()
+            } else {
+                format!(
+                    "'{text}' is out of range: expected from {} to 100 years",
+                    humantime::format_duration(self.min)
+                )
+            }));
         }
         Ok(parsed)
     }

@@ -2,6 +2,9 @@
 //! without a restart (the contract's "reload").
 //!
 //! All or nothing: the whole new config is checked first, and only then applied.
+//! The checking reads files (the config, the token, the upload dirs, clouds.yaml
+//! and each new cloud's certificates) on blocking threads, never on an async
+//! worker: a slow disk delays the reload, not the requests being served.
 //! A config that cannot be read (syntax, an unknown key, a bad value), an upload
 //! dir that cannot be made or resolved, an API token file that is missing,
 //! unreadable, empty or readable by others, a clouds.yaml that is missing or
@@ -23,6 +26,8 @@
 //!   for requests from now on; an upload under way keeps the ones it started with.
 //! - `max_concurrent_uploads` (more slots start queued jobs at once, fewer are
 //!   taken back as uploads end: none is cut) and `job_retention`.
+//! - The 0.3 keys `max_queued_uploads`, `upload_attempts`, `upload_retry_backoff`
+//!   and `import_timeout`: for jobs from now on.
 //! - `reaper_interval`, `shutdown_grace`, and `log_format` (the formatting layer
 //!   is swapped, see [`crate::telemetry`]).
 //!
@@ -56,6 +61,10 @@ enum ReloadError {
     CloudsMissing(PathBuf),
     #[error("clouds.yaml refused: {0}")]
     Registry(#[from] RegistryError),
+    /// The blocking thread that read the files did not come back (the runtime
+    /// is shutting down).
+    #[error("reading the files: {0}")]
+    Interrupted(String),
 }
 
 /// A new config checked, with what it needs from disk, not yet in force.
@@ -96,6 +105,59 @@ async fn stage<'a>(
     source: &ConfigSource,
     app: &'a App,
 ) -> Result<Staged<'a>, ReloadError> {
+    let read = read_off_the_runtime(current, source).await?;
+    let settings = RegistrySettings {
+        margin: read.config.token_refresh_margin,
+        configured_default: read.config.default_cloud.clone(),
+        target: read.target,
+    };
+    let clouds = app
+        .state
+        .clouds
+        .prepare_reload(&read.file, settings)
+        .await?;
+    Ok(Staged {
+        config: read.config,
+        ignored: read.ignored,
+        clouds,
+        upload_dirs: read.upload_dirs,
+        api_token: read.api_token,
+    })
+}
+
+/// What a reload reads from disk, checked.
+struct ReadFromDisk {
+    /// The new config, the restart-only keys kept as they are.
+    config: Config,
+    /// The restart-only keys the new config changed.
+    ignored: Vec<&'static str>,
+    /// `upload_dirs`, resolved (the missing ones created).
+    upload_dirs: Vec<PathBuf>,
+    /// The contents of `api_token_file`.
+    api_token: Secret,
+    /// clouds.yaml, parsed.
+    file: CloudsFile,
+    /// Where `PUT /v1/clouds` writes from now on.
+    target: PathBuf,
+}
+
+/// [`read_from_disk`] on a blocking thread: the config, the token and
+/// clouds.yaml may sit on a slow disk (or be a FIFO no one writes yet), and
+/// must not hold an async worker meanwhile.
+async fn read_off_the_runtime(
+    current: &Config,
+    source: &ConfigSource,
+) -> Result<ReadFromDisk, ReloadError> {
+    let (current, source) = (current.clone(), source.clone());
+    match tokio::task::spawn_blocking(move || read_from_disk(&current, &source)).await {
+        Ok(read) => read,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(ReloadError::Interrupted(err.to_string())),
+    }
+}
+
+/// The new config and all it names on disk (blocking file work).
+fn read_from_disk(current: &Config, source: &ConfigSource) -> Result<ReadFromDisk, ReloadError> {
     let new = read_config(source)?;
     let ignored = restart_only_changes(current, &new);
     let config = Config {
@@ -107,18 +169,13 @@ async fn stage<'a>(
     let upload_dirs = resolve_upload_dirs(&config.upload_dirs)?;
     let api_token = existing_api_token(&config.api_token_file)?;
     let (file, target) = read_clouds(&config)?;
-    let settings = RegistrySettings {
-        margin: config.token_refresh_margin,
-        configured_default: config.default_cloud.clone(),
-        target,
-    };
-    let clouds = app.state.clouds.prepare_reload(&file, settings).await?;
-    Ok(Staged {
+    Ok(ReadFromDisk {
         config,
         ignored,
-        clouds,
         upload_dirs,
         api_token,
+        file,
+        target,
     })
 }
 
@@ -226,6 +283,10 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         job_retention,
         activation_timeout,
         shutdown_grace,
+        max_queued_uploads,
+        upload_attempts,
+        upload_retry_backoff,
+        import_timeout,
     )
 }
 
@@ -260,8 +321,12 @@ mod tests {
         new.max_concurrent_uploads = 9;
         new.job_retention = Duration::from_secs(4);
         new.activation_timeout = Duration::from_secs(6);
+        new.max_queued_uploads = 8;
+        new.upload_attempts = 1;
+        new.upload_retry_backoff = Duration::from_secs(8);
+        new.import_timeout = Duration::from_secs(9);
         assert!(restart_only_changes(&old, &new).is_empty());
-        assert_eq!(changed_keys(&old, &new).len(), 14);
+        assert_eq!(changed_keys(&old, &new).len(), 18);
 
         new.listen = "127.0.0.1:9999".parse().unwrap();
         new.state_dir = "/elsewhere".into();
@@ -270,6 +335,57 @@ mod tests {
             restart_only_changes(&old, &new),
             ["listen", "state_dir", "allow_non_loopback"]
         );
-        assert_eq!(changed_keys(&old, &new).len(), 17);
+        assert_eq!(changed_keys(&old, &new).len(), 21);
+    }
+}
+
+#[cfg(test)]
+mod blocking_tests {
+    use super::super::tests::{config_in, feed_fifo_slowly, make_fifo, ticker, ONE_CLOUD};
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_reads_its_files_off_the_async_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let config = config_in(root, &root.join("none.yaml"));
+        let app = super::super::build(&config).unwrap();
+        let fifo = root.join("clouds.fifo");
+        make_fifo(&fifo);
+        let config_path = root.join("config.yaml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "state_dir: {r}/state\napi_token_file: {r}/state/api-token\n\
+                 upload_dirs: [{r}/images]\nclouds_yaml: {f}\n",
+                r = root.display(),
+                f = fifo.display()
+            ),
+        )
+        .unwrap();
+        let source = ConfigSource {
+            explicit: Some(config_path),
+        };
+        let ticks = ticker();
+        let writer = feed_fifo_slowly(&fifo, ONE_CLOUD, ticks);
+        let mut reaper = tokio::spawn(async {});
+        let mut current = config.clone();
+        reload(&mut current, &source, &app, &mut reaper).await;
+        let ticked = tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            ticked >= 10,
+            "the runtime stood still while the reload read clouds.yaml ({ticked} ticks in 300 ms)"
+        );
+        assert_eq!(current.clouds_yaml, Some(fifo), "the reload applied");
+        let names: Vec<String> = app
+            .state
+            .clouds
+            .sessions()
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        assert_eq!(names, ["c"]);
     }
 }

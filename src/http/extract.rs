@@ -1,5 +1,9 @@
 //! Extractors whose rejections speak the contract: JSON errors with its codes
 //! instead of axum's plain-text ones.
+//!
+//! What no wrapper here covers (an extractor a handler uses bare, such as
+//! `Path`) is rewritten by the router's `json_errors` layer: every answer is
+//! JSON either way; a wrapper only chooses the words.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

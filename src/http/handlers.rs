@@ -21,8 +21,13 @@ use crate::jobs::JobState;
 pub(crate) async fn health() -> Json<Health> {
     Json(Health {
         status: "ok".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        api: API_VERSION,
     })
 }
+
+/// The API's major version: the `v1` of every path.
+const API_VERSION: u32 = 1;
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")

@@ -93,8 +93,52 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// The most of a plain-text error body that is kept as the message.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// "Every answer is JSON": an error answer that is not JSON is rewritten into
+/// the contract's shape. The [`extract`] wrappers already answer so; this
+/// catches every other rejection (axum's `Path` on `GET /v1/jobs/%FF`, any
+/// extractor a new handler uses bare): a client error is `400
+/// invalid_request` (`413 request_too_large` for a body over the limit) with
+/// axum's words as the message, a server error `500 internal_error`.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), MAX_REJECTION_TEXT)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::request_too_large()
+    } else if status.is_client_error() {
+        let reason = status.canonical_reason().unwrap_or("malformed request");
+        ApiError::invalid_request(if text.is_empty() {
+            reason.to_lowercase()
+        } else {
+            text
+        })
+    } else {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("the request could not be served ({status}): {text}"),
+        )
+    };
+    axum::response::IntoResponse::into_response(error)
 }
 
 /// Compares the bearer token in constant time.

@@ -13,8 +13,12 @@ async fn health_answers_without_a_token_and_everything_else_wants_one() {
     let health = d.send(d.http.get(format!("{}/v1/health", d.base))).await;
     assert_eq!(
         (health.status, health.body.clone()),
-        (200, json!({"status": "ok"}))
+        (
+            200,
+            json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "api": 1})
+        )
     );
+    assert_eq!(health.body["version"], "0.3.0", "this release's version");
 
     let no_token = d.send(d.http.get(format!("{}/v1/status", d.base))).await;
     no_token.expect(401, "unauthorized");
@@ -191,7 +195,7 @@ fn a_non_loopback_listen_must_be_asked_for() {
             dir.path().display()
         ),
     );
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "a config no restart can mend");
     assert!(stderr.contains("allow_non_loopback"), "{stderr}");
 }
 
@@ -199,8 +203,48 @@ fn a_non_loopback_listen_must_be_asked_for() {
 fn an_unknown_config_key_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let (code, stderr) = serve_refused(dir.path(), "listne: 127.0.0.1:8427\n");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("listne"), "{stderr}");
+}
+
+#[test]
+fn a_number_out_of_its_range_stops_the_start_with_exit_2_naming_the_key_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = format!(
+        "listen: 127.0.0.1:0\nstate_dir: {d}/state\nclouds_yaml: {d}/none.yaml\n",
+        d = dir.path().display()
+    );
+    for (line, key) in [
+        ("max_concurrent_uploads: 65", "max_concurrent_uploads"),
+        (
+            "max_concurrent_uploads: 9999999999999999999",
+            "max_concurrent_uploads",
+        ),
+        ("max_concurrent_uploads: 1e30", "max_concurrent_uploads"),
+        ("max_queued_uploads: 10001", "max_queued_uploads"),
+        ("upload_attempts: 0", "upload_attempts"),
+        ("upload_retry_backoff: 0s", "upload_retry_backoff"),
+        ("reaper_interval: 500ms", "reaper_interval"),
+        ("import_timeout: 101y", "import_timeout"),
+        ("shutdown_grace: 1e19s", "shutdown_grace"),
+    ] {
+        let (code, stderr) = serve_refused(dir.path(), &format!("{head}\n{line}\n"));
+        assert_eq!(code, Some(2), "{line}: {stderr}");
+        assert!(
+            stderr.contains(&format!("line 5: key '{key}'")),
+            "{line}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{line}: {stderr}");
+    }
+    // Nothing was started: no state dir made.
+    assert!(!dir.path().join("state").exists());
+    // A config file that cannot be read may be there at the next try: exit 1.
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(dir.path().join("absent.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
@@ -331,7 +375,7 @@ fn log_format_json_writes_one_json_object_per_line() {
             dir.path().display()
         ),
     );
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -392,4 +436,201 @@ async fn every_answer_is_json_and_the_bearer_scheme_is_case_insensitive() {
             .await;
         assert_eq!(a.status, 200, "{scheme}: {a:?}");
     }
+}
+
+/// A request and the answer wanted: method, path, content type and body, and
+/// the status and code (`None`: any JSON error).
+type Case = (
+    reqwest::Method,
+    &'static str,
+    Option<(&'static str, reqwest::Body)>,
+    Option<(u16, &'static str)>,
+);
+
+/// Each route with a malformed path, query or body: every error answer is the
+/// contract's JSON (`{"error": {"code", "message"}}`, `application/json`), and a
+/// rejection of the request's own form is `400 invalid_request`.
+#[tokio::test]
+async fn every_route_answers_a_malformed_path_query_or_body_in_json() {
+    let d = spawn_daemon(&Bed::get().clouds_document(), |_| {}).await;
+    let url = |path: &str| format!("{}{path}", d.base);
+    let json_body = |body: &'static [u8]| ("application/json", reqwest::Body::from(body.to_vec()));
+    let upload = br#"{"base": "jammy", "app_name": "a", "arch": "x64", "num_revisions": 1, "src_path": "/x"}"#;
+    let not_utf8: &'static [u8] = b"\xff\xfe{\"clouds\": {}}";
+    let cases: Vec<Case> = vec![
+        (
+            reqwest::Method::GET,
+            "/v1/jobs/%FF",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/jobs/%C3%28",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/jobs/%FF?x=%FF",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (reqwest::Method::GET, "/v1/jobs/not-a-job", None, None),
+        (
+            reqwest::Method::GET,
+            "/v1/jobs%FF",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/images/latest?base=%FF&app_name=a&arch=x64",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/images/latest?base=jammy&base=noble&app_name=a&arch=x64",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/images/latest?base",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/images/latest%FF?base=jammy",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/images?wait=maybe",
+            Some(json_body(upload)),
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/images?wait=%FF",
+            Some(json_body(upload)),
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/images",
+            Some(json_body(b"\xff\xfe")),
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/images",
+            Some(("text/plain", reqwest::Body::from(upload.to_vec()))),
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/images",
+            None,
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/images/%FF",
+            Some(json_body(upload)),
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/clouds",
+            Some(("application/yaml", reqwest::Body::from(not_utf8))),
+            Some((400, "invalid_request")),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/clouds?x=%FF",
+            Some(("application/yaml", reqwest::Body::from("clouds: [\n"))),
+            None,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/clouds/%FF",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/status/%FF",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/health/%FF",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/openapi.json/%FF",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/metrics/%FF",
+            None,
+            Some((404, "not_found")),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/jobs/%FF",
+            None,
+            Some((405, "method_not_allowed")),
+        ),
+    ];
+    for (method, path, body, wanted) in cases {
+        let mut request = d
+            .http
+            .request(method.clone(), url(path))
+            .bearer_auth(&d.token);
+        if let Some((content_type, body)) = body {
+            request = request.header("content-type", content_type).body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let text = response.text().await.unwrap();
+        let what = format!("{method} {path}: {status} {content_type} {text}");
+        assert!(status >= 400, "{what}");
+        assert!(content_type.starts_with("application/json"), "{what}");
+        let body: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {what}"));
+        assert!(body["error"]["code"].is_string(), "{what}");
+        assert!(
+            !body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{what}"
+        );
+        if let Some((want_status, want_code)) = wanted {
+            assert_eq!(
+                (status, body["error"]["code"].as_str().unwrap()),
+                (want_status, want_code),
+                "{what}"
+            );
+        }
+    }
+    // The same malformed path without a token: the token is asked for first.
+    let a = d.send(d.http.get(url("/v1/jobs/%FF"))).await;
+    a.expect(401, "unauthorized");
 }

@@ -427,3 +427,197 @@ async fn sighup_refuses_a_bad_upload_dir_a_missing_token_or_an_unknown_key_and_k
     assert_eq!(image["name"], format!("jammy-{app}-x64").as_str());
     Direct::charm().delete(id).await;
 }
+
+/// The name `latest` gives the family `jammy`/`app`/`x64` now (the template in force).
+async fn latest_name(daemon: &Served, app: &str) -> String {
+    let latest = daemon
+        .get(&format!(
+            "/v1/images/latest?base=jammy&app_name={app}&arch=x64&cloud=charm"
+        ))
+        .await;
+    assert_eq!(latest.status, 200, "{:?}", latest.body);
+    latest.body["name"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn sighup_refuses_a_number_out_of_its_range_naming_key_and_line_and_keeps_the_old_config() {
+    let bed = Bed::get();
+    let clouds = clouds_document(&[("charm", bed.cloud_entry("charm"))]);
+    let daemon = serve(&clouds, "max_concurrent_uploads: 2\n", &[]).await;
+    let root = daemon.dir.path().canonicalize().unwrap();
+    let app = unique_app("range");
+    assert_eq!(latest_name(&daemon, &app).await, format!("jammy-{app}-x64"));
+    // Each config changes the template too: none of it may apply. The base
+    // config is 5 lines; the template is line 6, the bad value line 7.
+    let template = "image_name_template: \"refused-{base}-{app_name}-{arch}\"\n";
+    let bad_values = [
+        // Past tokio's semaphore: 0.2 panicked here, mid-upload.
+        (
+            "max_concurrent_uploads: 9999999999999999999\n",
+            "max_concurrent_uploads",
+        ),
+        ("max_concurrent_uploads: 65\n", "max_concurrent_uploads"),
+        ("max_queued_uploads: 1e30\n", "max_queued_uploads"),
+        ("upload_attempts: 0\n", "upload_attempts"),
+        ("reaper_interval: 500ms\n", "reaper_interval"),
+        ("import_timeout: 101y\n", "import_timeout"),
+    ];
+    for (n, (line, key)) in bad_values.into_iter().enumerate() {
+        let config = format!("{}{template}{line}", base_config(&root, port_of(&daemon)));
+        std::fs::write(&daemon.config_path, config).unwrap();
+        daemon.signal(libc::SIGHUP);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while daemon.log().matches("reload refused").count() <= n {
+            assert!(tokio::time::Instant::now() < deadline, "{}", daemon.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = daemon.log();
+        let refusal = log
+            .lines()
+            .filter(|l| l.contains("reload refused"))
+            .nth(n)
+            .unwrap();
+        assert!(
+            refusal.contains(&format!("line 7: key '{key}'")),
+            "{line}: {refusal}"
+        );
+        // Still serving.
+        let health = daemon.get("/v1/health").await;
+        assert_eq!(health.status, 200, "{}", daemon.log());
+    }
+    assert!(
+        !daemon.log().contains("config in force"),
+        "{}",
+        daemon.log()
+    );
+    // With the old template (one Glance query: the bed may be slow).
+    assert_eq!(latest_name(&daemon, &app).await, format!("jammy-{app}-x64"));
+}
+
+/// A second `serve` of the same config, after the first stopped; killed on drop.
+struct Restarted {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Restarted {
+    /// Starts `serve` again on `daemon`'s config and waits until it answers.
+    async fn start(daemon: &Served) -> Restarted {
+        let log_path = daemon.dir.path().join("restarted.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_openstack-image-helper"))
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .arg("serve")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut restarted = Restarted { child, log_path };
+        for _ in 0..300 {
+            if let Ok(Some(status)) = restarted.child.try_wait() {
+                panic!(
+                    "the restarted daemon exited with {status}: {}",
+                    restarted.log()
+                );
+            }
+            let up = daemon
+                .http
+                .get(format!("{}/v1/status", daemon.base))
+                .bearer_auth(&daemon.token)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return restarted;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the restarted daemon did not come up: {}", restarted.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_secure_yaml_beside_a_put_written_file_is_read_neither_by_sighup_nor_at_restart() {
+    let bed = Bed::get();
+    let start = clouds_document(&[
+        ("charm", bed.cloud_entry("charm")),
+        ("dropped", bed.cloud_entry("charm-appcred")),
+    ]);
+    let mut daemon = serve(&start, "", &[]).await;
+    // The charm PUTs its clouds: `dropped` goes.
+    let put = daemon
+        .send(
+            daemon
+                .authed(reqwest::Method::PUT, "/v1/clouds")
+                .header("content-type", "application/yaml")
+                .body(clouds_document(&[("charm", bed.cloud_entry("charm"))])),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    daemon
+        .wait_status("charm authenticated", Duration::from_secs(30), |s| {
+            authenticated(s, "charm") && names(s) == ["charm"]
+        })
+        .await;
+    let before = daemon.cloud("charm").await.unwrap();
+
+    // An old secure.yaml beside the file, with another password for charm.
+    let secure = daemon.clouds_path.with_file_name("secure.yaml");
+    std::fs::write(
+        &secure,
+        "clouds:\n  charm:\n    auth: {password: an-old-password}\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_log("reload: config in force", Duration::from_secs(10))
+        .await;
+    assert!(!daemon.log().contains("reload refused"), "{}", daemon.log());
+    let after = daemon.cloud("charm").await.unwrap();
+    assert_eq!(after["authenticated"], true, "{after}");
+    assert_eq!(
+        after["token_requests"], before["token_requests"],
+        "the PUT's settings are unchanged: the session is kept"
+    );
+
+    // The cloud the PUT dropped, in secure.yaml with only a password, and a
+    // restart: the daemon starts, with the PUT's clouds and credentials alone.
+    std::fs::write(
+        &secure,
+        "clouds:\n  charm:\n    auth: {password: an-old-password}\n  dropped:\n    auth: {password: x}\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(0)
+    );
+    let restarted = Restarted::start(&daemon).await;
+    daemon
+        .wait_status("charm authenticated again", Duration::from_secs(30), |s| {
+            authenticated(s, "charm")
+        })
+        .await;
+    assert_eq!(
+        names(&daemon.status().await),
+        ["charm"],
+        "{}",
+        restarted.log()
+    );
+    let charm = daemon.cloud("charm").await.unwrap();
+    assert_eq!(charm["last_error"], serde_json::Value::Null, "{charm}");
+}

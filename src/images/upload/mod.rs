@@ -384,8 +384,12 @@ impl<R: JobRequest> Upload<'_, R> {
 /// The wait before try `tried + 1`: `first` doubled for each try after the
 /// first, then between half of it and all of it at random, so that uploads a
 /// fault hit together do not come back together.
+/// It never exceeds a day, whatever `upload_retry_backoff` says.
 fn backoff(first: std::time::Duration, tried: u32) -> std::time::Duration {
-    let doubled = first.saturating_mul(1u32 << tried.saturating_sub(1).min(16));
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let doubled = first
+        .saturating_mul(1u32 << tried.saturating_sub(1).min(16))
+        .min(DAY);
     doubled.mul_f64(rand::random_range(0.5..=1.0))
 }
 
@@ -404,6 +408,8 @@ mod tests {
                 assert!(wait >= whole / 2 && wait <= whole, "{tried}: {wait:?}");
             }
         }
-        assert!(backoff(first, u32::MAX) <= first.saturating_mul(1 << 16));
+        assert!(backoff(first, u32::MAX) <= Duration::from_secs(24 * 3600));
+        let century = Duration::from_secs(100 * 366 * 24 * 3600);
+        assert!(backoff(century, 10) <= Duration::from_secs(24 * 3600));
     }
 }

@@ -67,14 +67,15 @@ impl CloudRegistry {
             Some(name)
         };
         let mut report = CloudsReloaded::default();
-        let mut sessions = Vec::with_capacity(file.clouds.len());
-        let mut fresh = Vec::new();
+        // Kept sessions by position; the others are built below, all at once.
+        let mut kept: Vec<Option<Arc<Session>>> = Vec::with_capacity(file.clouds.len());
+        let mut to_build = Vec::new();
         for cloud in &file.clouds {
             let same_name = old.sessions.iter().find(|s| s.name() == cloud.name);
             match same_name {
                 Some(session) if session.cloud() == cloud => {
                     report.kept.push(cloud.name.clone());
-                    sessions.push(session.clone());
+                    kept.push(Some(session.clone()));
                 }
                 _ => {
                     let list = if same_name.is_some() {
@@ -83,13 +84,26 @@ impl CloudRegistry {
                         &mut report.added
                     };
                     list.push(cloud.name.clone());
-                    let session =
-                        Session::sharing_backoff(cloud.clone(), settings.margin, &self.backoffs)?;
-                    fresh.push(session.clone());
-                    sessions.push(session);
+                    kept.push(None);
+                    to_build.push(cloud.clone());
                 }
             }
         }
+        // Building a session reads its certificate files: off the async workers.
+        let margin = settings.margin;
+        let backoffs = self.backoffs.clone();
+        let fresh = super::blocking("building the sessions", &settings.target, move || {
+            to_build
+                .into_iter()
+                .map(|cloud| Session::sharing_backoff(cloud, margin, &backoffs))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
+        let mut built = fresh.iter().cloned();
+        let sessions = kept
+            .into_iter()
+            .filter_map(|session| session.or_else(|| built.next()))
+            .collect();
         report.removed = old
             .sessions
             .iter()
