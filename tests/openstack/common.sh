@@ -13,6 +13,9 @@ GLANCE_PORT=${OSIH_GLANCE_PORT:-9292}
 # so that a test can hit "image too large" without capping everybody's Glance.
 GLANCE_CAPPED_PORT=${OSIH_GLANCE_CAPPED_PORT:-9293}
 GLANCE_CAPPED_SIZE=${OSIH_GLANCE_CAPPED_SIZE:-16777216}
+# glance-capped also enforces Keystone unified limits: project charm-quota-project
+# (cloud charm-quota) may store this many MiB of image data (image_size_total).
+QUOTA_MIB=${OSIH_GLANCE_QUOTA_MIB:-4}
 # Cloud B's Glance API: its own database and store, the image endpoint of
 # RegionTwo in the catalog (clouds.yaml entry charm-b).
 GLANCE_B_PORT=${OSIH_GLANCE_B_PORT:-9294}

@@ -23,11 +23,19 @@ CHARM_B_PW = os.environ["CHARM_B_PASSWORD"]
 DOMAIN_PW = os.environ["DOMAIN_PASSWORD"]
 # The clouds of their own Glance: user (and project <user>-project) -> password.
 OWN_GLANCE_USERS = {
+    "charm-quota": os.environ["CHARM_QUOTA_PASSWORD"],
     "charm-import": os.environ["CHARM_IMPORT_PASSWORD"],
     "charm-stores": os.environ["CHARM_STORES_PASSWORD"],
     "charm-importonly": os.environ["CHARM_IMPORTONLY_PASSWORD"],
 }
 APPCRED_FILE = os.path.join(BED, "appcred.json")
+# Keystone unified limits, which glance-capped enforces (use_keystone_limits):
+# every project gets the registered defaults, far above what tests use;
+# charm-quota-project gets QUOTA_MIB of image data (image_size_total, MiB).
+LIMITS_REGION = "RegionOne"
+REGISTERED_LIMITS = {"image_size_total": 1048576, "image_stage_total": 1048576,
+                     "image_count_total": 100000, "image_count_uploading": 1000}
+QUOTA_LIMITS = {"image_size_total": int(os.environ["QUOTA_MIB"])}
 
 S = requests.Session()
 
@@ -170,6 +178,32 @@ for region, url in IMAGE_ENDPOINTS.items():
             S.delete(f"{KS}/endpoints/{e['id']}", headers=H)
         create("/endpoints", "endpoint",
                {"service_id": svc["id"], "interface": iface, "url": url, "region_id": region})
+
+# Unified limits. glance-capped reads them as the glance user, system-scoped
+# (oslo.limit looks up the image endpoint, then the registered and project limits).
+grant("system", glance_user["id"], "reader")
+
+
+def ensure_limit(kind, key, value_key, value, **match):
+    """Create or update the registered limit or project limit matching `match`."""
+    found = get(f"/{kind}", kind, **match)
+    if not found:
+        r = S.post(f"{KS}/{kind}", headers=H, json={kind: [dict(match, **{value_key: value})]})
+        if r.status_code != 201:
+            fail(f"POST /{kind}", r)
+    elif found[0][value_key] != value:
+        r = S.patch(f"{KS}/{kind}/{found[0]['id']}", headers=H, json={key: {value_key: value}})
+        if r.status_code != 200:
+            fail(f"PATCH /{kind}", r)
+
+
+for resource, value in REGISTERED_LIMITS.items():
+    ensure_limit("registered_limits", "registered_limit", "default_limit", value,
+                 service_id=svc["id"], region_id=LIMITS_REGION, resource_name=resource)
+for resource, value in QUOTA_LIMITS.items():
+    ensure_limit("limits", "limit", "resource_limit", value, service_id=svc["id"],
+                 region_id=LIMITS_REGION, resource_name=resource,
+                 project_id=own_ids["charm_quota_project_id"])
 
 # Application credential for charm (created as charm, as a user would).
 charm_token, tok = password_token("charm", CHARM_PW, "charm-project")

@@ -237,6 +237,23 @@ fi
 for id in "$SID" "$SID2" "$SID3"; do curl -s -X DELETE -H "X-Auth-Token: $ST" "$GLANCE_STORES_URL/v2/images/$id"; done
 check "glance-importonly: delete image" 204 "$(code -X DELETE -H "X-Auth-Token: $OT" "$GLANCE_IMPORTONLY_URL/v2/images/$OID")"
 
+# Keystone unified limits on glance-capped: charm-quota-project may store
+# quota_mib MiB; other projects get the registered defaults (1 TiB).
+QMIB=$(sed -n 's/^quota_mib=//p' "$BED/settings")
+QT=$(user_tok charm-quota "$OSIH_CHARM_QUOTA_PASSWORD" charm-quota-project)
+have "charm-quota password token" "$QT"
+head -c "$(((QMIB + 1) * 1048576))" /dev/urandom >"$TMP/over"
+head -c 1048576 /dev/urandom >"$TMP/one"
+Q1=$(new_image "$GLANCE_CAPPED_URL" "$QT" raw)
+check "quota: PUT file of $((QMIB + 1)) MiB over image_size_total $QMIB MiB" 413 "$(send "$GLANCE_CAPPED_URL" "$QT" "$Q1" file "$TMP/over")"
+echo "     body: $(tr '\n' ' ' <"$TMP/body" | cut -c1-300)"
+check "quota: Glance's message names the limit" 1 "$(grep -c 'image_size_total is over limit of' "$TMP/body")"
+check "quota: PUT file of 1 MiB" "204 active" "$(send "$GLANCE_CAPPED_URL" "$QT" "$Q1" file "$TMP/one") $(curl -s -H "X-Auth-Token: $QT" "$GLANCE_CAPPED_URL/v2/images/$Q1" | json "d['status']")"
+Q3=$(new_image "$GLANCE_CAPPED_URL" "$CT" raw)
+check "quota: charm's $((QMIB + 1)) MiB on the same Glance (registered default)" 204 "$(send "$GLANCE_CAPPED_URL" "$CT" "$Q3" file "$TMP/over")"
+curl -s -X DELETE -H "X-Auth-Token: $QT" "$GLANCE_CAPPED_URL/v2/images/$Q1"
+curl -s -X DELETE -H "X-Auth-Token: $CT" "$GLANCE_CAPPED_URL/v2/images/$Q3"
+
 # charm-raw: the charm cloud with image_format: raw, as openstacksdk reads it.
 check "clouds.yaml charm-raw: openstacksdk's image_format, region, user" "raw RegionOne charm" \
   "$("$OSIH_BED_VENV/bin/python" -c 'import openstack.config as c; o = c.OpenStackConfig().get_one("charm-raw"); print(o.config["image_format"], o.region_name, o.auth["username"])' 2>/dev/null)"

@@ -76,7 +76,7 @@ ensure_secrets() {
   for line in ADMIN_PASSWORD=osih-admin-secret GLANCE_PASSWORD=osih-glance-secret \
     CHARM_PASSWORD=osih-charm-secret CHARM_B_PASSWORD=osih-charm-b-secret DOMAIN_PASSWORD=osih-domain-secret \
     CHARM_IMPORT_PASSWORD=osih-charm-import-secret CHARM_STORES_PASSWORD=osih-charm-stores-secret \
-    CHARM_IMPORTONLY_PASSWORD=osih-charm-importonly-secret; do
+    CHARM_IMPORTONLY_PASSWORD=osih-charm-importonly-secret CHARM_QUOTA_PASSWORD=osih-charm-quota-secret; do
     grep -q "^${line%%=*}=" "$BED/secrets.env" || echo "$line" >>"$BED/secrets.env"
   done
   # shellcheck disable=SC1091
@@ -243,7 +243,19 @@ render_glances() {
   local cap=""
   [[ -n $IMAGE_SIZE_CAP ]] && cap="image_size_cap = $IMAGE_SIZE_CAP"
   render_multi glance "$GLANCE_PORT" glance "$cap" "" fs:images
-  render_multi glance-capped "$GLANCE_CAPPED_PORT" glance "image_size_cap = $GLANCE_CAPPED_SIZE" "" fs:images
+  # The capped Glance also enforces Keystone unified limits (image quotas):
+  # provision.py sets them, oslo.limit reads them as the glance user.
+  render_multi glance-capped "$GLANCE_CAPPED_PORT" glance "image_size_cap = $GLANCE_CAPPED_SIZE
+use_keystone_limits = true" "[oslo_limit]
+auth_type = password
+auth_url = $KEYSTONE_URL
+username = glance
+password = $GLANCE_PASSWORD
+user_domain_id = default
+system_scope = all
+endpoint_service_type = image
+endpoint_region_name = RegionOne
+endpoint_interface = public" fs:images
   render_multi glance-b "$GLANCE_B_PORT" glance-b "" "" fs:images-b
   # Interoperable import on a single-store Glance configured the legacy way
   # ([glance_store] stores, node_staging_uri), as many clouds still are: its
@@ -405,13 +417,13 @@ await_started() {
 # ---------------------------------------------------------------- provisioning
 provision() {
   local want
-  want=$(sha "$BED/keystone/db.stamp" <(echo "$KEYSTONE_URL ${IMAGE_ENDPOINTS[*]}") "$BED/secrets.env" "$OSIH_HERE/provision.py")
+  want=$(sha "$BED/keystone/db.stamp" <(echo "$KEYSTONE_URL ${IMAGE_ENDPOINTS[*]} $QUOTA_MIB") "$BED/secrets.env" "$OSIH_HERE/provision.py")
   fresh "$BED/provision.stamp" "$want" && [[ -s $BED/appcred.json ]] && return 0
   BED=$BED KEYSTONE_URL=$KEYSTONE_URL IMAGE_ENDPOINTS="${IMAGE_ENDPOINTS[*]}" \
     ADMIN_PASSWORD=$ADMIN_PASSWORD GLANCE_PASSWORD=$GLANCE_PASSWORD CHARM_PASSWORD=$CHARM_PASSWORD \
     CHARM_B_PASSWORD=$CHARM_B_PASSWORD DOMAIN_PASSWORD=$DOMAIN_PASSWORD \
     CHARM_IMPORT_PASSWORD=$CHARM_IMPORT_PASSWORD CHARM_STORES_PASSWORD=$CHARM_STORES_PASSWORD \
-    CHARM_IMPORTONLY_PASSWORD=$CHARM_IMPORTONLY_PASSWORD \
+    CHARM_IMPORTONLY_PASSWORD=$CHARM_IMPORTONLY_PASSWORD CHARM_QUOTA_PASSWORD=$CHARM_QUOTA_PASSWORD QUOTA_MIB=$QUOTA_MIB \
     "$VENV/bin/python" "$OSIH_HERE/provision.py" || die "provisioning Keystone failed"
   echo "$want" >"$BED/provision.stamp"
 }
@@ -457,7 +469,9 @@ $(password_cloud charm-import charm-import "$CHARM_IMPORT_PASSWORD" "$(project_s
 $(password_cloud charm-stores charm-stores "$CHARM_STORES_PASSWORD" "$(project_scope charm-stores-project)" RegionStores)
 $(password_cloud charm-importonly charm-importonly "$CHARM_IMPORTONLY_PASSWORD" "$(project_scope charm-importonly-project)" RegionImportOnly)
 $(password_cloud charm-raw charm "$CHARM_PASSWORD" "$(project_scope charm-project)" RegionOne)
-    image_format: raw"
+    image_format: raw
+$(password_cloud charm-quota charm-quota "$CHARM_QUOTA_PASSWORD" "$(project_scope charm-quota-project)" RegionOne)
+    image_endpoint_override: http://$HOST:$GLANCE_CAPPED_PORT"
   put "$BED/env" "# source me: settings of the running OpenStack test bed
 export OSIH_BED_DIR=$BED
 export OSIH_BED_VENV=$VENV
@@ -479,7 +493,9 @@ export GLANCE_STORES_URL=$GLANCE_STORES_URL
 export GLANCE_IMPORTONLY_URL=$GLANCE_IMPORTONLY_URL
 export OSIH_CHARM_IMPORT_PASSWORD=$CHARM_IMPORT_PASSWORD
 export OSIH_CHARM_STORES_PASSWORD=$CHARM_STORES_PASSWORD
-export OSIH_CHARM_IMPORTONLY_PASSWORD=$CHARM_IMPORTONLY_PASSWORD"
+export OSIH_CHARM_IMPORTONLY_PASSWORD=$CHARM_IMPORTONLY_PASSWORD
+export OSIH_CHARM_QUOTA_PASSWORD=$CHARM_QUOTA_PASSWORD
+export GLANCE_CAPPED_URL=http://$HOST:$GLANCE_CAPPED_PORT"
   put "$BED/settings" "token_lifetime=$TOKEN_LIFETIME
 image_size_cap=$IMAGE_SIZE_CAP
 keystone_port=$KEYSTONE_PORT
@@ -489,7 +505,8 @@ glance_capped_size=$GLANCE_CAPPED_SIZE
 glance_b_port=$GLANCE_B_PORT
 glance_import_port=$GLANCE_IMPORT_PORT
 glance_stores_port=$GLANCE_STORES_PORT
-glance_importonly_port=$GLANCE_IMPORTONLY_PORT"
+glance_importonly_port=$GLANCE_IMPORTONLY_PORT
+quota_mib=$QUOTA_MIB"
 }
 
 # check_glance_auth SVC USER PASSWORD PROJECT: Glance SVC accepts USER's token,
@@ -580,4 +597,4 @@ elapsed=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
 started=${STARTED[*]:-nothing}
 log "up in ${elapsed}s (started: ${started// /, }): keystone $KEYSTONE_URL, Glances ${IMAGE_ENDPOINTS[*]}, capped $HOST:$GLANCE_CAPPED_PORT"
 log "  clouds.yaml $BED/clouds.yaml (clouds charm, charm-appcred, admin, charm-b, charm-domain, charm-import, charm-stores,"
-log "  charm-importonly, charm-raw); env: source $BED/env"
+log "  charm-importonly, charm-raw, charm-quota); env: source $BED/env"
