@@ -37,8 +37,8 @@ GLANCE_STORES_URL=http://$HOST:$GLANCE_STORES_PORT
 GLANCE_IMPORTONLY_URL=http://$HOST:$GLANCE_IMPORTONLY_PORT
 # The image endpoint of each region in Keystone's catalog (REGION=URL);
 # glance-capped has none.
-IMAGE_ENDPOINTS=(RegionOne=$GLANCE_URL RegionTwo=$GLANCE_B_URL RegionImport=$GLANCE_IMPORT_URL
-  RegionStores=$GLANCE_STORES_URL RegionImportOnly=$GLANCE_IMPORTONLY_URL)
+IMAGE_ENDPOINTS=("RegionOne=$GLANCE_URL" "RegionTwo=$GLANCE_B_URL" "RegionImport=$GLANCE_IMPORT_URL"
+  "RegionStores=$GLANCE_STORES_URL" "RegionImportOnly=$GLANCE_IMPORTONLY_URL")
 # The services up.sh runs; each has its dir <bed>/SVC. up.sh starts them all
 # at once, down.sh stops the Glances at once and then Keystone.
 GLANCE_SERVICES=(glance glance-capped glance-b glance-import glance-stores glance-importonly)
