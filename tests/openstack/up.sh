@@ -364,21 +364,38 @@ fail_start() {
   exit 1
 }
 
-# launch SVC: start/restart SVC in the background unless it runs healthy with
-# the current config; appends SVC to LAUNCHED (await_started waits for it).
-LAUNCHED=()
+# needs_start SVC: SVC does not run healthy with its current configuration
+# (its fingerprint goes to FP[SVC]).
 declare -A FP=()
-launch() {
-  local svc=$1 d=$BED/$1 port pid
-  port=$(svc_port "$svc")
+needs_start() {
+  local svc=$1
   FP[$svc]=$(fingerprint "$svc")
-  if pid=$(svc_pid "$svc"); then
-    if fresh "$d/running.fp" "${FP[$svc]}" && healthy "$svc"; then
-      return 0
-    fi
-    log "restarting $svc (configuration changed or unhealthy)"
-  fi
-  stop_svc "$svc"
+  svc_pid "$svc" >/dev/null || return 0
+  if fresh "$BED/$svc/running.fp" "${FP[$svc]}" && healthy "$svc"; then return 1; fi
+  log "restarting $svc (configuration changed or unhealthy)"
+}
+
+# launch SVC...: start in the background each SVC that needs it, after stopping
+# those of them that run, all at once (a Glance takes seconds to stop); appends
+# them to LAUNCHED (await_started waits for them).
+LAUNCHED=()
+launch() {
+  local svc todo=() stops=() pid
+  for svc in "$@"; do
+    if needs_start "$svc"; then todo+=("$svc"); fi
+  done
+  for svc in "${todo[@]}"; do
+    stop_svc "$svc" &
+    stops+=("$!")
+  done
+  for pid in "${stops[@]}"; do wait "$pid" || exit 1; done
+  for svc in "${todo[@]}"; do start_svc "$svc"; done
+}
+
+# start_svc SVC: start the stopped SVC in the background.
+start_svc() {
+  local svc=$1 d=$BED/$1 port
+  port=$(svc_port "$svc")
   port_open "$port" && die "port $port is in use by a process this script did not start"
   : >"$d/uwsgi.log"
   (
@@ -563,7 +580,7 @@ OWN_DBS=(glance glance-b glance-import glance-stores glance-importonly)
 init_keystone_db &
 keystone_db=$!
 init_glance_dbs "${OWN_DBS[@]}"
-for svc in "${GLANCE_SERVICES[@]}"; do launch "$svc"; done
+launch "${GLANCE_SERVICES[@]}"
 wait "$keystone_db" || exit 1
 launch keystone
 # Keystone first (provisioning needs it); the Glances go on starting meanwhile.
