@@ -195,6 +195,9 @@ check "glance-importonly: import methods" "glance-direct" \
   "$(curl -s -H "X-Auth-Token: $OT" "$GLANCE_IMPORTONLY_URL/v2/info/import" | json "' '.join(d['import-methods']['value'])")"
 OID=$(new_image "$GLANCE_IMPORTONLY_URL" "$OT" raw)
 check "glance-importonly: PUT file is forbidden" 403 "$(send "$GLANCE_IMPORTONLY_URL" "$OT" "$OID" file "$TMP/img")"
+AID=$(new_image "$GLANCE_IMPORTONLY_URL" "$ADM" raw)
+check "glance-importonly: an admin may still PUT file" 204 "$(send "$GLANCE_IMPORTONLY_URL" "$ADM" "$AID" file "$TMP/img")"
+curl -s -X DELETE -H "X-Auth-Token: $ADM" "$GLANCE_IMPORTONLY_URL/v2/images/$AID"
 check "glance-importonly: the image is still queued" queued "$(curl -s -H "X-Auth-Token: $OT" "$GLANCE_IMPORTONLY_URL/v2/images/$OID" | json "d['status']")"
 check "glance-importonly: PUT stage" 204 "$(send "$GLANCE_IMPORTONLY_URL" "$OT" "$OID" stage "$TMP/img")"
 check "glance-importonly: POST import" 202 "$(import_image "$GLANCE_IMPORTONLY_URL" "$OT" "$OID")"
