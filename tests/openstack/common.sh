@@ -13,17 +13,35 @@ GLANCE_PORT=${OSIH_GLANCE_PORT:-9292}
 # so that a test can hit "image too large" without capping everybody's Glance.
 GLANCE_CAPPED_PORT=${OSIH_GLANCE_CAPPED_PORT:-9293}
 GLANCE_CAPPED_SIZE=${OSIH_GLANCE_CAPPED_SIZE:-16777216}
+# glance-capped also enforces Keystone unified limits: project charm-quota-project
+# (cloud charm-quota) may store this many MiB of image data (image_size_total).
+QUOTA_MIB=${OSIH_GLANCE_QUOTA_MIB:-4}
 # Cloud B's Glance API: its own database and store, the image endpoint of
 # RegionTwo in the catalog (clouds.yaml entry charm-b).
 GLANCE_B_PORT=${OSIH_GLANCE_B_PORT:-9294}
+# Glances configured as other real clouds are, each with its own database,
+# store, region and user (README.md, "Clouds configured like real ones"):
+# interoperable import with node_staging_uri (a single-store, legacy config),
+# two file stores (enabled_backends), and a policy that forbids direct upload.
+GLANCE_IMPORT_PORT=${OSIH_GLANCE_IMPORT_PORT:-9295}
+GLANCE_STORES_PORT=${OSIH_GLANCE_STORES_PORT:-9296}
+GLANCE_IMPORTONLY_PORT=${OSIH_GLANCE_IMPORTONLY_PORT:-9297}
 TOKEN_LIFETIME=${OSIH_TOKEN_LIFETIME:-3600}
 IMAGE_SIZE_CAP=${OSIH_GLANCE_IMAGE_SIZE_CAP:-}
 HOST=127.0.0.1
 KEYSTONE_URL=http://$HOST:$KEYSTONE_PORT/v3
 GLANCE_URL=http://$HOST:$GLANCE_PORT
 GLANCE_B_URL=http://$HOST:$GLANCE_B_PORT
-# The services up.sh runs, in start order; each has its dir <bed>/SVC.
-GLANCE_SERVICES=(glance glance-capped glance-b)
+GLANCE_IMPORT_URL=http://$HOST:$GLANCE_IMPORT_PORT
+GLANCE_STORES_URL=http://$HOST:$GLANCE_STORES_PORT
+GLANCE_IMPORTONLY_URL=http://$HOST:$GLANCE_IMPORTONLY_PORT
+# The image endpoint of each region in Keystone's catalog (REGION=URL);
+# glance-capped has none.
+IMAGE_ENDPOINTS=("RegionOne=$GLANCE_URL" "RegionTwo=$GLANCE_B_URL" "RegionImport=$GLANCE_IMPORT_URL"
+  "RegionStores=$GLANCE_STORES_URL" "RegionImportOnly=$GLANCE_IMPORTONLY_URL")
+# The services up.sh runs; each has its dir <bed>/SVC. up.sh starts them all
+# at once, down.sh stops the Glances at once and then Keystone.
+GLANCE_SERVICES=(glance glance-capped glance-b glance-import glance-stores glance-importonly)
 SERVICES=(keystone "${GLANCE_SERVICES[@]}")
 
 # Serialise up.sh/down.sh runs on one bed (tests may call up.sh in parallel).
@@ -55,6 +73,9 @@ svc_port() {
     glance) echo "$GLANCE_PORT" ;;
     glance-capped) echo "$GLANCE_CAPPED_PORT" ;;
     glance-b) echo "$GLANCE_B_PORT" ;;
+    glance-import) echo "$GLANCE_IMPORT_PORT" ;;
+    glance-stores) echo "$GLANCE_STORES_PORT" ;;
+    glance-importonly) echo "$GLANCE_IMPORTONLY_PORT" ;;
     *) die "unknown service '$1' (expected one of: ${SERVICES[*]})" ;;
   esac
 }

@@ -13,16 +13,29 @@ import requests
 
 BED = os.environ["BED"]
 KS = os.environ["KEYSTONE_URL"].rstrip("/")
-GLANCE_URL = os.environ["GLANCE_URL"]
-GLANCE_B_URL = os.environ["GLANCE_B_URL"]
-# The image endpoint of each region: cloud B is RegionTwo.
-IMAGE_ENDPOINTS = {"RegionOne": GLANCE_URL, "RegionTwo": GLANCE_B_URL}
+# The image endpoint of each region, "REGION=URL ...": cloud B is RegionTwo,
+# the Glances configured like other clouds have a region each.
+IMAGE_ENDPOINTS = dict(e.split("=", 1) for e in os.environ["IMAGE_ENDPOINTS"].split())
 ADMIN_PW = os.environ["ADMIN_PASSWORD"]
 GLANCE_PW = os.environ["GLANCE_PASSWORD"]
 CHARM_PW = os.environ["CHARM_PASSWORD"]
 CHARM_B_PW = os.environ["CHARM_B_PASSWORD"]
 DOMAIN_PW = os.environ["DOMAIN_PASSWORD"]
+# The clouds of their own Glance: user (and project <user>-project) -> password.
+OWN_GLANCE_USERS = {
+    "charm-quota": os.environ["CHARM_QUOTA_PASSWORD"],
+    "charm-import": os.environ["CHARM_IMPORT_PASSWORD"],
+    "charm-stores": os.environ["CHARM_STORES_PASSWORD"],
+    "charm-importonly": os.environ["CHARM_IMPORTONLY_PASSWORD"],
+}
 APPCRED_FILE = os.path.join(BED, "appcred.json")
+# Keystone unified limits, which glance-capped enforces (use_keystone_limits):
+# every project gets the registered defaults, far above what tests use;
+# charm-quota-project gets QUOTA_MIB of image data (image_size_total, MiB).
+LIMITS_REGION = "RegionOne"
+REGISTERED_LIMITS = {"image_size_total": 1048576, "image_stage_total": 1048576,
+                     "image_count_total": 100000, "image_count_uploading": 1000}
+QUOTA_LIMITS = {"image_size_total": int(os.environ["QUOTA_MIB"])}
 
 S = requests.Session()
 
@@ -131,14 +144,27 @@ grant(f"projects/{charm_project['id']}", charm_user["id"], "member")
 charm_b_user = ensure_user("charm-b", CHARM_B_PW, charm_b_project["id"])
 grant(f"projects/{charm_b_project['id']}", charm_b_user["id"], "member")
 
+# The clouds of the Glances configured like other clouds (import, stores,
+# import only): a user and project each, member of it, as cloud B.
+own_ids = {}
+for name, pw in OWN_GLANCE_USERS.items():
+    project = ensure("/projects", "project", f"{name}-project", {"domain_id": "default"},
+                     domain_id="default")
+    user = ensure_user(name, pw, project["id"])
+    grant(f"projects/{project['id']}", user["id"], "member")
+    key = name.replace("-", "_")
+    own_ids[f"{key}_user_id"] = user["id"]
+    own_ids[f"{key}_project_id"] = project["id"]
+
 # A user with a role on the Default domain and on no project: its cloud entry
 # gets a domain-scoped token, which the daemon must refuse.
 domain_user = ensure_user("charm-domain", DOMAIN_PW)
 grant("domains/default", domain_user["id"], "member")
 
 # Image service + endpoints, one set per region.
-if S.get(f"{KS}/regions/RegionTwo", headers=H).status_code == 404:
-    create("/regions", "region", {"id": "RegionTwo", "description": "cloud B of the test bed"})
+for region in IMAGE_ENDPOINTS:
+    if S.get(f"{KS}/regions/{region}", headers=H).status_code == 404:
+        create("/regions", "region", {"id": region, "description": "a region of the test bed"})
 svc = next((s for s in get("/services", "services", type="image") if s["name"] == "glance"), None)
 if svc is None:
     svc = create("/services", "service", {"name": "glance", "type": "image", "enabled": True})
@@ -152,6 +178,32 @@ for region, url in IMAGE_ENDPOINTS.items():
             S.delete(f"{KS}/endpoints/{e['id']}", headers=H)
         create("/endpoints", "endpoint",
                {"service_id": svc["id"], "interface": iface, "url": url, "region_id": region})
+
+# Unified limits. glance-capped reads them as the glance user, system-scoped
+# (oslo.limit looks up the image endpoint, then the registered and project limits).
+grant("system", glance_user["id"], "reader")
+
+
+def ensure_limit(kind, key, value_key, value, **match):
+    """Create or update the registered limit or project limit matching `match`."""
+    found = get(f"/{kind}", kind, **match)
+    if not found:
+        r = S.post(f"{KS}/{kind}", headers=H, json={kind: [dict(match, **{value_key: value})]})
+        if r.status_code != 201:
+            fail(f"POST /{kind}", r)
+    elif found[0][value_key] != value:
+        r = S.patch(f"{KS}/{kind}/{found[0]['id']}", headers=H, json={key: {value_key: value}})
+        if r.status_code != 200:
+            fail(f"PATCH /{kind}", r)
+
+
+for resource, value in REGISTERED_LIMITS.items():
+    ensure_limit("registered_limits", "registered_limit", "default_limit", value,
+                 service_id=svc["id"], region_id=LIMITS_REGION, resource_name=resource)
+for resource, value in QUOTA_LIMITS.items():
+    ensure_limit("limits", "limit", "resource_limit", value, service_id=svc["id"],
+                 region_id=LIMITS_REGION, resource_name=resource,
+                 project_id=own_ids["charm_quota_project_id"])
 
 # Application credential for charm (created as charm, as a user would).
 charm_token, tok = password_token("charm", CHARM_PW, "charm-project")
@@ -199,4 +251,4 @@ with open(os.path.join(BED, "ids.json"), "w") as f:
                "charm_b_user_id": charm_b_user["id"], "charm_b_project_id": charm_b_project["id"],
                "domain_user_id": domain_user["id"],
                "service_project_id": service_project["id"], "glance_user_id": glance_user["id"],
-               "image_service_id": svc["id"]}, f, indent=1)
+               "image_service_id": svc["id"], **own_ids}, f, indent=1)
