@@ -196,6 +196,14 @@ pub(crate) struct UploadAnswer {
     /// bytes: nothing was uploaded or pruned.
     #[serde(default)]
     pub(crate) unchanged: bool,
+    /// Extension (0.3): the file's disk format, detected from its content.
+    #[serde(default)]
+    #[schema(example = "qcow2")]
+    pub(crate) format: String,
+    /// Extension (0.3): the disk format Glance holds the image as.
+    #[serde(default)]
+    #[schema(example = "qcow2")]
+    pub(crate) disk_format: String,
 }
 
 /// One cloud's part of an upload to several clouds: its answer, or its error.

@@ -119,6 +119,7 @@ const STATUS_OF_CODE: &[(StatusCode, &str)] = &[
     (StatusCode::NOT_FOUND, "unknown_cloud"),
     (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
     (StatusCode::UNPROCESSABLE_ENTITY, "openstack_unauthorized"),
+    (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image"),
     (StatusCode::BAD_GATEWAY, "get_image_failed"),
     (StatusCode::BAD_GATEWAY, "upload_image_failed"),
     (StatusCode::BAD_GATEWAY, "openstack_connection_failed"),
@@ -224,6 +225,9 @@ impl From<&ImageError> for ApiError {
             | ImageError::NotActivated { .. }
             | ImageError::FileChanged { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "upload_image_failed", message)
+            }
+            ImageError::Unsafe { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image", message)
             }
             ImageError::Cloud(registry) => registry.into(),
             ImageError::Get(os) => Self::openstack(os, "get_image_failed"),

@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
 //! into [`UploadRequest`]s and [`ImageError`]s into status codes.
 
+pub(crate) mod format;
 pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;
@@ -63,6 +64,12 @@ pub(crate) enum ImageError {
     Invalid(#[from] FieldError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The file's content is refused before a byte is sent (`unsafe_image`).
+    #[error("'{path}' is refused: {reason}")]
+    Unsafe {
+        path: PathBuf,
+        reason: format::UnsafeImage,
+    },
     #[error(transparent)]
     Cloud(#[from] RegistryError),
     /// Reading images failed (`get_image_failed`).

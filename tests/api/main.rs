@@ -9,6 +9,7 @@ mod credentials;
 mod fanout;
 mod faults;
 mod file_changes;
+mod formats;
 mod foundation;
 mod helpers;
 mod images;

@@ -401,6 +401,11 @@ impl<R: JobRequest> Upload<'_, R> {
             cloud: cloud.to_string(),
             upload_id: self.upload_id.to_string(),
             unchanged,
+            format: self.detected_format.to_string(),
+            disk_format: image
+                .property("disk_format")
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 }
