@@ -171,3 +171,72 @@ async fn unsafe_files_are_refused_before_a_job_or_an_image_exists() {
         no_job_of(&d, &file).await;
     }
 }
+
+#[tokio::test]
+async fn every_image_carries_the_daemons_tags_and_the_requests() {
+    let d = charm_daemon().await;
+    let glance = Direct::charm();
+    let file = write_raw_image(&d.upload_dir, "tagged.img", 64 * 1024);
+    let app = unique_app("tags");
+    let a = d
+        .upload(
+            &app,
+            &file,
+            1,
+            json!({"tags": ["team:ci", "arch:x64"], "properties": {"hw_disk_bus": "virtio"}}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let id = a.body["id"].as_str().unwrap();
+    let image = glance.image(id).await.expect("the image is in Glance");
+    let mut tags: Vec<&str> = image["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort_unstable();
+    let app_tag = format!("app:{app}");
+    let mut expected = vec![
+        "arch:x64",
+        "base:jammy",
+        app_tag.as_str(),
+        "managed-by:openstack-image-helper",
+        "team:ci",
+    ];
+    expected.sort_unstable();
+    assert_eq!(tags, expected);
+    assert_eq!(image["hw_disk_bus"], "virtio");
+    glance.delete(id).await;
+}
+
+#[tokio::test]
+async fn bad_tags_and_properties_are_refused_naming_the_field() {
+    let d = charm_daemon().await;
+    let glance = Direct::charm();
+    let file = write_raw_image(&d.upload_dir, "bad.img", 4096);
+    let long_key = "k".repeat(256);
+    let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+    for (extra, says) in [
+        (json!({"tags": many}), "at most 20"),
+        (json!({"tags": [""]}), "tags"),
+        (json!({"tags": ["t".repeat(256)]}), "256 characters"),
+        (
+            json!({"properties": {"os_hash_value": "x"}}),
+            "'os_hash_value'",
+        ),
+        (json!({"properties": {"min_disk": "1"}}), "'min_disk'"),
+        (json!({"properties": {long_key: "x"}}), "keys are 1 to 255"),
+        (
+            json!({"properties": {"hw_note": "v".repeat(65536)}}),
+            "'hw_note'",
+        ),
+    ] {
+        let app = unique_app("bad");
+        let a = d.upload(&app, &file, 1, extra.clone()).await;
+        a.expect(400, "invalid_request");
+        assert!(a.message().contains(says), "{extra}: {}", a.message());
+        assert!(glance.images_named(&name_of(&app)).await.is_empty());
+    }
+    no_job_of(&d, &file).await;
+}

@@ -163,6 +163,7 @@ impl<R: JobRequest> Upload<'_, R> {
             disk_format: request.disk_format.unwrap_or(self.detected_format),
             container_format: request.container_format,
             visibility: request.visibility,
+            tags: request.image_tags(),
             properties,
         }
     }
