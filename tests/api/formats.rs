@@ -240,3 +240,42 @@ async fn bad_tags_and_properties_are_refused_naming_the_field() {
     }
     no_job_of(&d, &file).await;
 }
+
+/// A minimal ISO 9660 of 20 blocks: 16 empty sectors, a primary volume
+/// descriptor, a terminator, two empty blocks (no Debian base tool makes one).
+fn write_iso(dir: &Path, name: &str) -> PathBuf {
+    let mut bytes = vec![0u8; 20 * 2048];
+    let pvd = &mut bytes[16 * 2048..17 * 2048];
+    pvd[0] = 1;
+    pvd[1..6].copy_from_slice(b"CD001");
+    pvd[6] = 1;
+    pvd[80..84].copy_from_slice(&20u32.to_le_bytes());
+    pvd[84..88].copy_from_slice(&20u32.to_be_bytes());
+    pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+    pvd[130..132].copy_from_slice(&2048u16.to_be_bytes());
+    let end = &mut bytes[17 * 2048..18 * 2048];
+    end[0] = 255;
+    end[1..6].copy_from_slice(b"CD001");
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn an_iso_lands_as_iso_or_as_the_raw_it_is_declared() {
+    let d = charm_daemon().await;
+    let glance = Direct::charm();
+    let file = write_iso(&d.upload_dir, "a.iso");
+    for (extra, disk_format) in [(json!({}), "iso"), (json!({"disk_format": "raw"}), "raw")] {
+        let app = unique_app("iso");
+        let a = d.upload(&app, &file, 1, extra).await;
+        assert_eq!(a.status, 201, "{disk_format}: {:?}", a.body);
+        assert_eq!(a.body["format"], "iso");
+        assert_eq!(a.body["disk_format"], disk_format);
+        let id = a.body["id"].as_str().unwrap();
+        let image = glance.image(id).await.expect("the image is in Glance");
+        assert_eq!(image["status"], "active");
+        assert_eq!(image["disk_format"], disk_format);
+        glance.delete(id).await;
+    }
+}
