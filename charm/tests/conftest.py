@@ -148,6 +148,7 @@ class Daemon:
         clouds: Optional[Dict[str, Any]],
         unix_socket: bool = False,
         default_cloud: Optional[str] = None,
+        extra_config: Optional[Dict[str, Any]] = None,
     ) -> None:
         if not BINARY.exists():
             pytest.fail(f"no daemon binary at {BINARY}: `cargo build` (make charmlib-test does)")
@@ -176,6 +177,7 @@ class Daemon:
         }
         if default_cloud is not None:
             config["default_cloud"] = default_cloud
+        config.update(extra_config or {})
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = root / "daemon.log"
@@ -309,9 +311,15 @@ def app_name() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def tidy_up_images(bed: Bed) -> Iterator[None]:
-    """At the end, delete the images of every test's names (the bed is long-lived)."""
+def tidy_up_images() -> Iterator[None]:
+    """At the end, delete the images of every test's names (the bed is long-lived).
+
+    Tests that need no bed (the fake, the relation library, COS) run without one.
+    """
     yield
+    if not _APP_NAMES:
+        return
+    bed = Bed(BED_DIR)
     names = ",".join(f'"jammy-{name}-x64"' for name in _APP_NAMES)
     for cloud in ("charm", "admin") if names else ():
         found = bed.glance(cloud, "GET", f"/v2/images?name=in:{names}&limit=1000")["images"]

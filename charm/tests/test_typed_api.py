@@ -22,6 +22,7 @@ from charms.openstack_image_helper.v0.openstack_manager import (
     CODE_PATH_NOT_ALLOWED,
     CODE_SHUTTING_DOWN,
     CODE_TIMEOUT,
+    CODE_TOO_MANY_UPLOADS,
     CODE_UNAUTHORIZED,
     ApiTokenError,
     CredentialsError,
@@ -260,6 +261,26 @@ def test_a_stopping_daemon_is_transient(
     [stopping] = [e for e in seen if e.code == CODE_SHUTTING_DOWN]
     assert isinstance(stopping, UploadImageError)
     assert stopping.status == 503
+
+
+def test_a_full_queue_is_transient_with_retry_after(
+    bed: Bed, daemon: Daemon, start_daemon: DaemonFactory, app_name: str
+) -> None:
+    needs_03(daemon)
+    small = start_daemon(
+        bed.document("charm"),
+        extra_config={"max_concurrent_uploads": 1, "max_queued_uploads": 1},
+    )
+    manager = OpenstackManager(None, **small.kwargs())
+    # One uploading, one queued: the third is refused until a slot frees.
+    for n in range(2):
+        manager.start_upload(config(app_name, small.image_file(64 * MIB, name=f"q{n}.img")))
+    with pytest.raises(TransientError) as caught:
+        manager.start_upload(config(app_name, small.image_file(10, name="third.img")))
+    assert isinstance(caught.value, UploadImageError)
+    assert (caught.value.code, caught.value.status) == (CODE_TOO_MANY_UPLOADS, 429)
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 0
 
 
 # --- the version check ----------------------------------------------------------------

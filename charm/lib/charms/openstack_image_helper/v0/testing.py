@@ -110,7 +110,7 @@ class FakeDaemon:
         self.upload_dirs: Optional[List[str]] = None
         self.calls: List[Tuple[str, Dict[str, Any]]] = []
         self._failures: List[Tuple[str, str, str, Optional[float]]] = []
-        self._counter = 0
+        self._counters: Dict[str, int] = {}
 
     def fail(
         self,
@@ -169,11 +169,11 @@ class FakeDaemon:
         return [i for i in self.images if (i.cloud, i.name) == (cloud, name)]
 
     def _next(self, kind: str) -> str:
-        self._counter += 1
-        return f"fake-{kind}-{self._counter:04d}"
+        self._counters[kind] = self._counters.get(kind, 0) + 1
+        return f"fake-{kind}-{self._counters[kind]:04d}"
 
     def _now(self) -> str:
-        moment = _EPOCH + datetime.timedelta(seconds=self._counter)
+        moment = _EPOCH + datetime.timedelta(seconds=self._counters.get("image", 0))
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _check(self, call: str, error: Type[_E], **extra: Any) -> None:
