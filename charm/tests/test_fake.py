@@ -1,6 +1,5 @@
 """`FakeOpenstackManager`: the real library's surface and errors, in memory."""
 
-import hashlib
 import inspect
 from pathlib import Path
 from typing import Any, Dict
@@ -24,6 +23,7 @@ from charms.openstack_image_helper.v0.openstack_manager import (
     UploadImageError,
 )
 from charms.openstack_image_helper.v0.testing import FakeDaemon, FakeOpenstackManager
+from conftest import md5_of
 
 CLOUDS: Dict[str, Any] = {"clouds": {"zeta": {"auth": {}}, "alpha": {"auth": {}}}}
 
@@ -75,7 +75,7 @@ def test_upload_result_and_skip_unchanged(fake: FakeDaemon, tmp_path: Path) -> N
         8,
         1,
     )
-    assert first.checksum == hashlib.md5(b"an image", usedforsecurity=False).hexdigest()
+    assert first.checksum == md5_of(b"an image")
     again = manager.upload(config(src), cloud="alpha", skip_unchanged=True)
     assert (again.id, again.unchanged) == (first.id, True)
     assert fake.calls[-1][1]["skip_unchanged"] is True

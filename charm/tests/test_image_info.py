@@ -3,11 +3,16 @@
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List
 
-import ops
 import pytest
+
+if sys.version_info < (3, 10):
+    pytest.skip("ops 3 (ops[testing]) needs Python 3.10", allow_module_level=True)
+
+import ops
 from ops import testing
 
 from charms.openstack_image_helper.v0.image_info import (

@@ -6,7 +6,6 @@ daemon does are marked `needs_daemon_03`: they are expected to fail (strict xfai
 reported by `-ra`) against an older daemon, and run as any test against 0.3.
 """
 
-import hashlib
 import signal
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 import yaml
 
+import charms.openstack_image_helper.v0.openstack_manager as openstack_manager
 from charms.openstack_image_helper.v0.openstack_manager import (
     CODE_DAEMON_TOO_OLD,
     CODE_DAEMON_UNREACHABLE,
@@ -37,7 +37,7 @@ from charms.openstack_image_helper.v0.openstack_manager import (
     UploadImageConfig,
     UploadImageError,
 )
-from conftest import Bed, Daemon, DaemonFactory, free_port
+from conftest import Bed, Daemon, DaemonFactory, free_port, md5_of
 
 MIB = 1 << 20
 
@@ -49,7 +49,7 @@ def config(app_name: str, src: Path, num_revisions: int = 2) -> UploadImageConfi
 
 def md5(path: Path) -> str:
     """The file's md5, as Glance's `checksum` gives it."""
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    return md5_of(path.read_bytes())
 
 
 def health(daemon: Daemon) -> Dict[str, Any]:
@@ -337,3 +337,22 @@ def test_a_secret_without_clouds_yaml_is_refused_before_the_daemon(daemon: Daemo
         OpenstackManager.from_secret_content({"password": "x"}, **daemon.kwargs())
     assert "clouds-yaml" in str(caught.value)
     assert "'x'" not in str(caught.value)
+
+
+# --- get_latest_image -----------------------------------------------------------------
+
+
+def test_latest_image_has_glances_name_and_creation_time(
+    bed: Bed, daemon: Daemon, app_name: str
+) -> None:
+    manager = OpenstackManager(None, **daemon.kwargs())
+    assert manager.get_latest_image("jammy", app_name, "x64") is None
+    result = manager.upload(config(app_name, daemon.image_file(MIB)))
+    latest = manager.get_latest_image("jammy", app_name, "x64")
+    assert latest is not None
+    [image] = bed.images("charm", f"jammy-{app_name}-x64")
+    assert (latest.id, latest.name) == (result.id, image["name"])
+    assert latest.created_at is not None
+    assert openstack_manager._timestamp(latest.created_at) == openstack_manager._timestamp(
+        image["created_at"]
+    )

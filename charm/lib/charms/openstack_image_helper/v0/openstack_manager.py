@@ -129,6 +129,7 @@ __all__ = [
     "DaemonUnreachableError",
     "GetImageError",
     "Job",
+    "LatestImage",
     "OpenstackConnectionError",
     "OpenstackImageHelperError",
     "OpenstackManager",
@@ -502,6 +503,23 @@ class UploadResult:
             disk_format=answer.get("disk_format"),
             raw=dict(answer),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class LatestImage:
+    """The newest active image of a name (`GET /v1/images/latest`).
+
+    Attributes:
+        id: its id.
+        name: its name (`jammy-my-app-x64`).
+        created_at: when Glance created it (RFC 3339), as `image_info.ImageEntry` wants.
+        cloud: the cloud asked (None: the daemon's default).
+    """
+
+    id: str
+    name: str
+    created_at: Optional[str]
+    cloud: Optional[str]
 
 
 class _JobSource(Protocol):
@@ -1152,6 +1170,31 @@ class OpenstackManager:
                 `TransientError` (when the daemon could not be reached: an
                 `OpenstackConnectionError` too) or a `PermanentError`.
         """
+        latest = self.get_latest_image(image_base, app_name, arch, cloud=cloud)
+        return None if latest is None else latest.id
+
+    def get_latest_image(
+        self,
+        image_base: _Named,
+        app_name: str,
+        arch: _Named,
+        *,
+        cloud: Optional[str] = None,
+    ) -> Optional[LatestImage]:
+        """Fetch the latest image: its id, name and creation time.
+
+        Args:
+            image_base: As for `get_latest_image_id`.
+            app_name: As for `get_latest_image_id`.
+            arch: As for `get_latest_image_id`.
+            cloud: As for `get_latest_image_id`.
+
+        Returns:
+            The newest active image of that name, or None when there is none.
+
+        Raises:
+            GetImageError: As for `get_latest_image_id`.
+        """
         query = {"base": _value(image_base), "app_name": app_name, "arch": _value(arch)}
         cloud = cloud or self.default_cloud
         if cloud is not None:
@@ -1171,7 +1214,10 @@ class OpenstackManager:
             )
         image_id = answer.body.get("id")
         logger.debug("latest %s: %s", answer.body.get("name"), image_id)
-        return None if image_id is None else str(image_id)
+        if image_id is None:
+            return None
+        name, created = answer.body.get("name"), answer.body.get("created_at")
+        return LatestImage(str(image_id), str(name), created, cloud)
 
     def upload_image(
         self,

@@ -359,11 +359,31 @@ class FakeOpenstackManager:
         Returns:
             The newest image's id, or None.
         """
+        latest = self.get_latest_image(image_base, app_name, arch, cloud=cloud)
+        return None if latest is None else latest.id
+
+    def get_latest_image(
+        self, image_base: Any, app_name: str, arch: Any, *, cloud: Optional[str] = None
+    ) -> Optional[om.LatestImage]:
+        """As `OpenstackManager.get_latest_image`.
+
+        Args:
+            image_base: the base.
+            app_name: the application.
+            arch: the architecture.
+            cloud: the cloud (default: `default_cloud`).
+
+        Returns:
+            The newest image, or None.
+        """
         self.daemon.calls.append(("latest", {"base": om._value(image_base), "cloud": cloud}))
         self.daemon._check("latest", om.GetImageError)
         name = _name(image_base, app_name, arch, om.GetImageError)
-        images = self.daemon.images_named(self._cloud(cloud, om.GetImageError), name)
-        return images[-1].id if images else None
+        target = self._cloud(cloud, om.GetImageError)
+        images = self.daemon.images_named(target, name)
+        if not images:
+            return None
+        return om.LatestImage(images[-1].id, name, images[-1].created_at, target)
 
     def upload_image(self, config: om.UploadImageConfig, **kwargs: Any) -> str:
         """As `OpenstackManager.upload_image`.
@@ -466,7 +486,7 @@ class FakeOpenstackManager:
                 code=om.CODE_FILE_NOT_FOUND,
                 status=400,
             ) from exc
-        return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return len(data), _md5(data)
 
     def _finish(self, job_id: str) -> Dict[str, Any]:
         """End a queued job: the image made and the old revisions pruned."""
@@ -544,6 +564,14 @@ class FakeOpenstackManager:
     @staticmethod
     def _result(final: Mapping[str, Any], request: Mapping[str, Any]) -> om.UploadResult:
         return om.OpenstackManager._result(final, request)
+
+
+def _md5(data: bytes) -> str:
+    """The md5 Glance reports as `checksum` (a checksum, not a security measure)."""
+    try:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    except TypeError:  # Python 3.8 has no usedforsecurity
+        return hashlib.md5(data).hexdigest()  # noqa: S324 (a checksum)
 
 
 def _public(job: Mapping[str, Any]) -> Dict[str, Any]:
