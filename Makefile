@@ -80,7 +80,9 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR ?= $(PREFIX)/share/doc/openstack-image-helper
 DATADIR ?= $(PREFIX)/share/openstack-image-helper
 DEB_PROFILE ?= release
-CHARMLIB := charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
+# Every charm library file (the client, the fake, the relation library), installed
+# under $(DATADIR)/charm/lib/ as charms vendor them.
+CHARMLIBS := $(wildcard charm/lib/charms/openstack_image_helper/v0/*.py)
 UNIT := systemd/openstack-image-helper.service
 # The unit with ExecStart in bin dir $(1) (the checked-in unit names /usr/bin or
 # /usr/local/bin) and its Documentation in doc dir $(2).
@@ -101,7 +103,7 @@ install: build
 	install -D -m 644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 644 charm/README.md $(DESTDIR)$(DOCDIR)/charm-library.md
 	install -D -m 644 config/config.yaml $(DESTDIR)$(DOCDIR)/config.yaml
-	install -D -m 644 $(CHARMLIB) $(DESTDIR)$(DATADIR)/charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
+	for lib in $(CHARMLIBS); do install -D -m 644 $$lib $(DESTDIR)$(DATADIR)/$$lib; done
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # cargo-deb builds the binary itself, with DEB_PROFILE (release: what ships; CI's
