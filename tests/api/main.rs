@@ -12,6 +12,7 @@ mod fanout;
 mod fault_proxy;
 mod faults;
 mod file_changes;
+mod formats;
 mod foundation;
 mod helpers;
 mod images;

@@ -161,6 +161,12 @@ impl ImageService {
         upload_id: &str,
     ) -> Result<PreparedUpload, ImageError> {
         let source = self.open_source(&request.src_path).await?;
+        source
+            .judge(request.disk_format, request.container_format)
+            .map_err(|reason| ImageError::Unsafe {
+                path: request.src_path.clone(),
+                reason,
+            })?;
         let sessions = match &request.targets {
             Targets::One(name) => vec![self.clouds.session(name.as_deref())?],
             Targets::Several(names) => names
