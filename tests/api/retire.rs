@@ -1,13 +1,34 @@
 //! What happens to old revisions: hidden instead of deleted (`retire: hide`),
 //! and kept when Glance says they are in use (409), against the real Glance.
+//!
+//! The cloud is `charm-import` (its own user and project, on the legacy
+//! single-store file Glance, by direct upload): other tests revoke `charm`'s
+//! tokens, and a 401 to a data upload fails it, which several uploads in a row
+//! would meet on a busy bed.
 
 use serde_json::{json, Value};
 
 use super::fault_proxy::{Fault, FaultProxy, Rule};
 use super::helpers::{
-    charm_only_daemon, clouds_document, spawn_daemon, unique_app, write_raw_image, Bed, Direct,
-    TestDaemon,
+    clouds_document, spawn_daemon, unique_app, write_raw_image, Bed, Direct, TestDaemon,
 };
+
+const CLOUD: &str = "charm-import";
+
+/// A daemon whose one cloud is `charm-import` by direct upload, at `endpoint`
+/// (none: its Glance, through the catalog).
+async fn daemon(endpoint: Option<&str>) -> TestDaemon {
+    let mut entry = Bed::get().cloud_entry(CLOUD);
+    entry["image_upload_method"] = "direct".into();
+    if let Some(url) = endpoint {
+        entry["image_endpoint_override"] = url.into();
+    }
+    spawn_daemon(&clouds_document(&[(CLOUD, entry)]), |_| {}).await
+}
+
+fn glance() -> Direct {
+    Direct::of(CLOUD, "glance_import_port")
+}
 
 fn name_of(app: &str) -> String {
     format!("jammy-{app}-x64")
@@ -28,7 +49,7 @@ fn ids(list: &Value) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retire_hide_hides_the_previous_revision_and_deletes_past_as_many_hidden() {
-    let d = charm_only_daemon().await;
+    let d = daemon(None).await;
     let app = unique_app("retire-hide");
     let hide = json!({"retire": "hide"});
     let mut answers = Vec::new();
@@ -44,7 +65,7 @@ async fn retire_hide_hides_the_previous_revision_and_deletes_past_as_many_hidden
     assert_eq!(ids(&answers[3]["hidden"]), vec![id(2)]);
     assert_eq!(ids(&answers[3]["pruned"]), vec![id(1)]);
 
-    let glance = Direct::charm();
+    let glance = glance();
     let newest = glance.image(id(3)).await.unwrap();
     assert_eq!(
         (newest["status"].as_str(), newest["os_hidden"].as_bool()),
@@ -71,16 +92,16 @@ async fn retire_hide_hides_the_previous_revision_and_deletes_past_as_many_hidden
 
 #[tokio::test(flavor = "multi_thread")]
 async fn latest_never_returns_a_hidden_image() {
-    let d = charm_only_daemon().await;
+    let d = daemon(None).await;
     let app = unique_app("retire-latest");
     let only = upload(&d, &app, 0, json!({})).await;
     let id = only["id"].as_str().unwrap();
     assert_eq!(d.latest(&app, None).await.body["id"], id);
-    Direct::charm().set_hidden(id, true).await;
+    glance().set_hidden(id, true).await;
     let latest = d.latest(&app, None).await;
     assert_eq!(latest.status, 200);
     assert!(latest.body["id"].is_null(), "{:?}", latest.body);
-    Direct::charm().delete(id).await;
+    glance().delete(id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,10 +113,9 @@ async fn an_image_in_use_409_is_kept_reported_and_pruned_by_the_next_upload() {
         fault: Fault::Status(409),
         times: 1,
     };
-    let proxy = FaultProxy::start(vec![in_use]).await;
-    let mut entry = Bed::get().cloud_entry("charm");
-    entry["image_endpoint_override"] = proxy.url.clone().into();
-    let d = spawn_daemon(&clouds_document(&[("charm", entry)]), |_| {}).await;
+    let proxy =
+        FaultProxy::start_to(&Bed::get().glance_at("glance_import_port"), vec![in_use]).await;
+    let d = daemon(Some(&proxy.url)).await;
     let app = unique_app("in-use");
     let first = upload(&d, &app, 0, json!({})).await;
     let first_id = first["id"].as_str().unwrap();
@@ -110,7 +130,7 @@ async fn an_image_in_use_409_is_kept_reported_and_pruned_by_the_next_upload() {
         failed[0]["message"].as_str().unwrap().contains("409"),
         "{second}"
     );
-    let kept = Direct::charm().image(first_id).await.expect("kept");
+    let kept = glance().image(first_id).await.expect("kept");
     assert_eq!(kept["status"], "active");
 
     let third = upload(&d, &app, 2, json!({})).await;
@@ -120,5 +140,5 @@ async fn an_image_in_use_409_is_kept_reported_and_pruned_by_the_next_upload() {
     expected.sort_unstable();
     assert_eq!(pruned, expected, "tried again at the next prune: {third}");
     assert!(third.get("prune_failed").is_none(), "{third}");
-    assert!(Direct::charm().image(first_id).await.is_none());
+    assert!(glance().image(first_id).await.is_none());
 }
