@@ -164,6 +164,7 @@ fn image_settings(config: &Config, daemon_id: String, upload_dirs: Vec<PathBuf>)
         upload_dirs,
         upload_attempts: u32::try_from(config.upload_attempts).unwrap_or(u32::MAX),
         upload_retry_backoff: config.upload_retry_backoff,
+        import_timeout: config.import_timeout,
     }
 }
 

@@ -47,6 +47,11 @@ pub(crate) struct CloudStatus {
     pub(crate) token_requests: u64,
     /// Extension: 401 answers from Glance that forced a re-authentication.
     pub(crate) unauthorized_responses: u64,
+    /// How image data goes to this cloud now: `direct` (`PUT .../file`) or
+    /// `import` (glance-direct), by `image_upload_method`, `image_stores`, or
+    /// learnt by `auto` from a 403 to a direct upload.
+    #[schema(example = "direct")]
+    pub(crate) upload_method: String,
 }
 
 impl From<crate::openstack::session::CloudStatus> for CloudStatus {
@@ -59,6 +64,7 @@ impl From<crate::openstack::session::CloudStatus> for CloudStatus {
             last_error: s.last_error,
             token_requests: s.token_requests,
             unauthorized_responses: s.unauthorized_responses,
+            upload_method: "direct".to_string(),
         }
     }
 }
@@ -168,6 +174,12 @@ pub(crate) struct UploadFields {
     /// keys at most 255 characters, values at most 65535).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) properties: BTreeMap<String, String>,
+    /// `delete` (default) or `hide`: revisions past `num_revisions` are
+    /// deleted, or hidden (`os_hidden`), the hidden ones past a further
+    /// `num_revisions` deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "hide")]
+    pub(crate) retire: Option<String>,
     /// Tags added to the ones every image gets (`base:`, `arch:`, `app:`,
     /// `managed-by:openstack-image-helper`): at most 20, each 1 to 255 characters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -210,6 +222,13 @@ pub(crate) struct UploadAnswer {
     pub(crate) os_hash_value: String,
     /// Every old image deleted.
     pub(crate) pruned: Vec<String>,
+    /// Old images hidden (`retire: hide`), not deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) hidden: Vec<String>,
+    /// The stores the image is in (a multi-store Glance), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) stores: Option<Vec<String>>,
     /// Extension: old images whose deletion failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) prune_failed: Vec<PruneFailure>,

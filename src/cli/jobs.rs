@@ -42,6 +42,7 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
         container_format: None,
         visibility: None,
         properties: args.properties.into_iter().collect(),
+        retire: None,
         tags: Vec::new(),
     };
     // A key of our own unless the caller gave one: a POST whose answer was lost

@@ -19,6 +19,7 @@
 mod auth;
 mod search;
 mod settings;
+mod upload_settings;
 
 use std::fmt;
 use std::io;
@@ -27,6 +28,8 @@ use std::path::{Path, PathBuf};
 use url::Url;
 
 pub use auth::{AppCredential, Auth, DomainRef, ProjectRef, Scope, UserRef};
+pub(crate) use upload_settings::UploadMethod;
+pub use upload_settings::UploadSettings;
 
 /// Everything that can go wrong reading clouds.yaml.
 ///
@@ -182,6 +185,8 @@ pub struct CloudConfig {
     pub image_endpoint_override: Option<Url>,
     /// How to check the servers' certificates and whether to present one.
     pub tls: TlsSettings,
+    /// `image_upload_method` and `image_stores`: how images reach this Glance.
+    pub upload: UploadSettings,
 }
 
 /// TLS settings of a cloud (`verify`, `cacert`, `cert`, `key`).

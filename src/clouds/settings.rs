@@ -228,6 +228,7 @@ impl CloudContext<'_> {
                 cert: self.path(settings, "cert")?,
                 key: self.path(settings, "key")?,
             },
+            upload: self.upload_settings(settings)?,
         })
     }
 

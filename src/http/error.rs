@@ -239,6 +239,7 @@ impl From<&ImageError> for ApiError {
             | ImageError::Verification { .. }
             | ImageError::Stalled { .. }
             | ImageError::NotActivated { .. }
+            | ImageError::Import { .. }
             | ImageError::FileChanged { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "upload_image_failed", message)
             }

@@ -11,7 +11,9 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::extract::{ApiQuery, TextBody};
 use super::AppState;
-use crate::api::{CloudLatest, CloudNames, ErrorBody, Health, Latest, LatestResults, Status};
+use crate::api::{
+    CloudLatest, CloudNames, CloudStatus, ErrorBody, Health, Latest, LatestResults, Status,
+};
 use crate::images::names::ImageFamily;
 use crate::jobs::JobState;
 
@@ -52,7 +54,14 @@ pub(crate) async fn status(State(state): State<AppState>) -> Json<Status> {
     // One snapshot: the clouds and the default from the same set, even while a
     // PUT /v1/clouds replaces it.
     let set = state.clouds.snapshot();
-    let clouds = set.sessions.iter().map(|s| s.status().into()).collect();
+    let clouds = set
+        .sessions
+        .iter()
+        .map(|s| CloudStatus {
+            upload_method: state.images.upload_way(s).as_str().to_string(),
+            ..s.status().into()
+        })
+        .collect();
     let counts = state.jobs.counts();
     let holding_a_slot = [JobState::Uploading, JobState::Verifying, JobState::Pruning];
     Json(Status {

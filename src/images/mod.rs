@@ -61,6 +61,8 @@ pub(crate) struct ImageSettings {
     pub(crate) upload_attempts: u32,
     /// `upload_retry_backoff`: the wait before the second try, doubled each try.
     pub(crate) upload_retry_backoff: Duration,
+    /// `import_timeout`: from the import's request to `active` (glance-direct).
+    pub(crate) import_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,16 @@ pub(crate) enum ImageError {
     /// The job could not go on (a stop, mostly: `shutting_down`).
     #[error(transparent)]
     Job(#[from] JobsError),
+    /// A Glance import (glance-direct) failed or did not end within
+    /// `import_timeout` (`upload_image_failed`).
+    #[error(
+        "cloud '{cloud}': the import of image {image_id} failed: {detail}; the image was deleted"
+    )]
+    Import {
+        cloud: String,
+        image_id: String,
+        detail: String,
+    },
     /// The upload task ended abnormally (a bug); the image may remain for the reaper.
     #[error("internal error: {0}")]
     Internal(String),
@@ -133,6 +145,15 @@ impl ImageError {
             _ => false,
         }
     }
+}
+
+/// What a prune did: old revisions deleted, hidden, or left after a failure.
+#[derive(Debug, Default)]
+pub(crate) struct Pruned {
+    pub(crate) deleted: Vec<String>,
+    /// Hidden (`retire: hide`).
+    pub(crate) hidden: Vec<String>,
+    pub(crate) failed: Vec<PruneFailure>,
 }
 
 /// Held while an upload of one name to one cloud runs.
@@ -151,6 +172,8 @@ pub(crate) struct ImageService {
     locks: Mutex<HashMap<(String, ImageName), NameLock>>,
     /// Uploads under way.
     in_flight: InFlight,
+    /// Per cloud, the upload method learnt (`auto`) and the stores checked.
+    glance_ways: upload::GlanceWays,
     /// The `os_hash_algo` each cloud was last seen to use.
     hash_algos: Mutex<HashMap<String, HashAlgo>>,
     /// Concurrent identical "latest" queries share Glance calls, keyed by the
@@ -170,6 +193,7 @@ impl ImageService {
             clouds,
             locks: Mutex::new(HashMap::new()),
             in_flight: InFlight::default(),
+            glance_ways: upload::GlanceWays::default(),
             hash_algos: Mutex::new(HashMap::new()),
             latest_calls: SharedCalls::new(),
         })
@@ -284,52 +308,86 @@ impl ImageService {
             .map_err(ImageError::from)
     }
 
-    /// Deletes old revisions of `name` by [`prune::plan_prune`]. Failures do not fail
-    /// the upload (it succeeded); they are reported and logged.
+    /// Retires old revisions of `name` by [`prune::plan_prune`]: deletes them,
+    /// or hides them with `retire: hide`. Failures do not fail the upload (it
+    /// succeeded); they are reported and logged (a 409, an image in use, is
+    /// `in_use`: kept, and tried again at the next prune of the name).
     async fn prune_revisions(
         &self,
         session: &Session,
         name: &ImageName,
         new_id: &str,
         num_revisions: u32,
-    ) -> (Vec<String>, Vec<PruneFailure>) {
+        retire: prune::Retire,
+    ) -> Pruned {
         let glance = session.glance();
-        let query = ImageQuery {
-            name: Some(name.to_string()),
-            ..ImageQuery::default()
-        };
-        let images = match glance.list(&query).await {
+        let mut pruned = Pruned::default();
+        let images = match self.images_to_prune(session, name, retire).await {
             Ok(images) => images,
             Err(err) => {
                 tracing::warn!(cloud = %session.name(), error = %err, "cannot list images to prune");
                 let message = format!("listing images to prune: {err}");
                 let failure = PruneFailure::new(String::new(), prune_code(&err), message);
-                return (Vec::new(), vec![failure]);
+                pruned.failed.push(failure);
+                return pruned;
             }
         };
         let plan = prune::plan_prune(
             &images,
             new_id,
             num_revisions,
+            retire,
             Utc::now(),
             self.settings().stale_upload_age,
         );
-        let mut pruned = Vec::new();
-        let mut failed = Vec::new();
-        for id in plan {
+        for id in plan.hide {
+            match glance.hide(&id).await {
+                Ok(()) => pruned.hidden.push(id),
+                Err(err) => {
+                    tracing::warn!(cloud = %session.name(), image = %id, error = %err, "hiding an old revision failed");
+                    pruned
+                        .failed
+                        .push(PruneFailure::new(id, prune_code(&err), err.to_string()));
+                }
+            }
+        }
+        for id in plan.delete {
             if self.in_flight.has_image(&id) {
                 continue;
             }
             match glance.delete(&id).await {
-                Ok(()) => pruned.push(id),
+                Ok(()) => pruned.deleted.push(id),
                 Err(err) => {
                     tracing::warn!(cloud = %session.name(), image = %id, error = %err, "prune failed");
-                    failed.push(PruneFailure::new(id, prune_code(&err), err.to_string()));
+                    pruned
+                        .failed
+                        .push(PruneFailure::new(id, prune_code(&err), err.to_string()));
                 }
             }
         }
-        crate::metrics::images_pruned(session.name(), pruned.len());
-        (pruned, failed)
+        crate::metrics::images_pruned(session.name(), pruned.deleted.len());
+        pruned
+    }
+
+    /// Every image of `name`: the visible ones (said explicitly), and with
+    /// `retire: hide` the hidden ones too (Glance lists those only when asked).
+    async fn images_to_prune(
+        &self,
+        session: &Session,
+        name: &ImageName,
+        retire: prune::Retire,
+    ) -> Result<Vec<Image>, OpenStackError> {
+        let glance = session.glance();
+        let query = |hidden| ImageQuery {
+            name: Some(name.to_string()),
+            hidden: Some(hidden),
+            ..ImageQuery::default()
+        };
+        let mut images = glance.list(&query(false)).await?;
+        if retire == prune::Retire::Hide {
+            images.extend(glance.list(&query(true)).await?);
+        }
+        Ok(images)
     }
 
     /// Deletes this daemon's abandoned uploads (non-active, older than

@@ -20,14 +20,47 @@ fn order_key(image: &Image) -> (DateTime<Utc>, &str) {
     (image.created_at, image.id.as_str())
 }
 
-/// The images of one name to delete, given every image of that name (any status):
+closed_set! {
+    /// The request's `retire`: what happens to revisions past `num_revisions`.
+    #[derive(Default)]
+    pub(crate) enum Retire {
+        /// Deleted.
+        #[default]
+        Delete = "delete",
+        /// Hidden (`os_hidden: true`): bootable by id for rebuilds, listed nowhere;
+        /// hidden ones past a further `num_revisions` are deleted.
+        Hide = "hide",
+    }
+}
+
+/// What to do with the images of one name after a verified upload.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct PrunePlan {
+    /// Deleted.
+    pub(crate) delete: Vec<String>,
+    /// Hidden (`os_hidden: true`), with `retire: hide`.
+    pub(crate) hide: Vec<String>,
+}
+
+/// Whether Glance hides the image from listings (`os_hidden`).
+pub(crate) fn is_hidden(image: &Image) -> bool {
+    image.extra.get("os_hidden").and_then(|v| v.as_bool()) == Some(true)
+}
+
+/// What to do with the images of one name, given every image of that name (any
+/// status; hidden ones too with `retire: hide`):
 ///
-/// - active images, newest first (`created_at`, then id): the new image and the
-///   newest others are kept up to `num_revisions` in all; the rest go, except a
-///   protected image (counted when among the kept, never deleted) and an image
-///   newer than the new one: that is another unit's upload, which prunes after
-///   it, so the newest image always survives and "latest" is never empty (the
-///   count may exceed `num_revisions` until the next upload);
+/// - visible active images, newest first (`created_at`, then id): the new image
+///   and the newest others are kept up to `num_revisions` in all; the rest are
+///   retired (deleted, or hidden with [`Retire::Hide`]), except a protected
+///   image (counted when among the kept, never retired) and an image newer than
+///   the new one: that is another unit's upload, which prunes after it, so the
+///   newest image always survives and "latest" is never empty (the count may
+///   exceed `num_revisions` until the next upload);
+/// - with [`Retire::Hide`], the hidden active images (those hidden before and
+///   those hidden now), newest first: the newest `num_revisions` stay hidden,
+///   the rest are deleted (one retired now and already past them is deleted
+///   rather than hidden first);
 /// - unfinished uploads older than `stale_age` go (whoever made them); younger
 ///   ones are never touched: another unit may be uploading;
 /// - the new image is never deleted.
@@ -35,34 +68,62 @@ pub(crate) fn plan_prune(
     images: &[Image],
     new_id: &str,
     num_revisions: u32,
+    retire: Retire,
     now: DateTime<Utc>,
     stale_age: std::time::Duration,
-) -> Vec<String> {
+) -> PrunePlan {
     // Without the new image in the list we cannot tell which images are newer
-    // than it: delete no active image rather than guess.
+    // than it: retire no active image rather than guess.
     let newest_kept = images.iter().find(|i| i.id == new_id).map(order_key);
-    let mut active: Vec<&Image> = images
+    let retirable = |i: &&Image| {
+        i.is_active()
+            && i.id != new_id
+            && !i.protected
+            && newest_kept.is_some_and(|n| order_key(i) < n)
+    };
+    let mut visible: Vec<&Image> = images
         .iter()
-        .filter(|i| i.is_active() && i.id != new_id)
+        .filter(|i| i.is_active() && i.id != new_id && !is_hidden(i))
         .collect();
-    active.sort_by(|a, b| order_key(b).cmp(&order_key(a)));
+    visible.sort_by(|a, b| order_key(b).cmp(&order_key(a)));
     let keep_others = num_revisions.saturating_sub(1) as usize;
-    let mut delete: Vec<String> = match newest_kept {
+    let retired: Vec<&Image> = match newest_kept {
         None => Vec::new(),
-        Some(new_key) => active
-            .iter()
+        Some(_) => visible
+            .into_iter()
             .skip(keep_others)
-            .filter(|i| !i.protected && order_key(i) < new_key)
-            .map(|i| i.id.clone())
+            .filter(|i| retirable(i))
             .collect(),
     };
-    delete.extend(
+    let mut plan = PrunePlan::default();
+    match retire {
+        Retire::Delete => plan.delete = retired.iter().map(|i| i.id.clone()).collect(),
+        Retire::Hide => {
+            let mut hidden: Vec<&Image> = images
+                .iter()
+                .filter(|i| i.is_active() && is_hidden(i))
+                .chain(retired.iter().copied())
+                .collect();
+            hidden.sort_by(|a, b| order_key(b).cmp(&order_key(a)));
+            for (rank, image) in hidden.into_iter().enumerate() {
+                let is_new = retired.iter().any(|r| r.id == image.id);
+                if rank < num_revisions as usize {
+                    if is_new {
+                        plan.hide.push(image.id.clone());
+                    }
+                } else if retirable(&image) {
+                    plan.delete.push(image.id.clone());
+                }
+            }
+        }
+    }
+    plan.delete.extend(
         images
             .iter()
             .filter(|i| i.id != new_id && !i.protected && is_stale(i, now, stale_age))
             .map(|i| i.id.clone()),
     );
-    delete
+    plan
 }
 
 #[cfg(test)]
@@ -94,6 +155,89 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    fn deleted(plan: PrunePlan) -> Vec<String> {
+        assert!(plan.hide.is_empty(), "retire: delete hides nothing");
+        plan.delete
+    }
+
+    fn hidden(mut image: Image) -> Image {
+        image.extra.insert("os_hidden".into(), true.into());
+        image
+    }
+
+    fn hide_plan(images: &[Image], new_id: &str, num_revisions: u32) -> (Vec<String>, Vec<String>) {
+        let plan = plan_prune(images, new_id, num_revisions, Retire::Hide, now(), HOUR);
+        (plan.hide, plan.delete)
+    }
+
+    #[test]
+    fn retire_hide_hides_past_num_revisions_and_deletes_past_as_many_hidden() {
+        // The API test's four uploads with num_revisions 1, one plan each.
+        let v = |id: &str, m: i64| image(id, Active, m, false);
+        let h = |id: &str, m: i64| hidden(image(id, Active, m, false));
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            hide_plan(&[v("a", 30)], "a", 1),
+            (none.clone(), none.clone())
+        );
+        assert_eq!(
+            hide_plan(&[v("b", 20), v("a", 30)], "b", 1),
+            (vec!["a".to_string()], none.clone())
+        );
+        assert_eq!(
+            hide_plan(&[v("c", 10), v("b", 20), h("a", 30)], "c", 1),
+            (vec!["b".to_string()], vec!["a".to_string()])
+        );
+        // Two hidden kept with num_revisions 2; an older third is deleted.
+        assert_eq!(
+            hide_plan(
+                &[v("n", 0), v("d", 5), v("c", 10), h("b", 20), h("a", 30)],
+                "n",
+                2
+            ),
+            (vec!["c".to_string()], vec!["a".to_string()])
+        );
+    }
+
+    #[test]
+    fn retire_hide_deletes_rather_than_hides_what_is_already_past_the_hidden_ones() {
+        // Three visible old revisions at once, num_revisions 1: one hidden, two deleted.
+        let images = vec![
+            image("new", Active, 0, false),
+            image("a", Active, 10, false),
+            image("b", Active, 20, false),
+            image("c", Active, 30, false),
+        ];
+        assert_eq!(
+            hide_plan(&images, "new", 1),
+            (
+                vec!["a".to_string()],
+                vec!["b".to_string(), "c".to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn retire_hide_never_touches_protected_newer_or_unknown_new_images() {
+        let images = vec![
+            image("newer", Active, 0, false),
+            image("new", Active, 1, false),
+            image("p", Active, 10, true),
+            hidden(image("hp", Active, 20, true)),
+            hidden(image("h", Active, 30, false)),
+        ];
+        // p is protected: stays visible. hp counts among the hidden, h is past it.
+        assert_eq!(
+            hide_plan(&images, "new", 1),
+            (Vec::new(), vec!["h".to_string()])
+        );
+        // Without the new image listed, nothing active is retired.
+        assert_eq!(hide_plan(&images, "gone", 1), (Vec::new(), Vec::new()));
+        assert_eq!("hide".parse::<Retire>().unwrap(), Retire::Hide);
+        assert_eq!(Retire::default(), Retire::Delete);
+        assert!("archive".parse::<Retire>().is_err());
+    }
+
     #[test]
     fn keeps_the_newest_revisions_and_deletes_the_rest() {
         let images = vec![
@@ -102,12 +246,15 @@ mod tests {
             image("b", Active, 20, false),
             image("c", Active, 30, false),
         ];
-        assert_eq!(plan_prune(&images, "new", 2, now(), HOUR), vec!["b", "c"]);
         assert_eq!(
-            plan_prune(&images, "new", 1, now(), HOUR),
+            deleted(plan_prune(&images, "new", 2, Retire::Delete, now(), HOUR)),
+            vec!["b", "c"]
+        );
+        assert_eq!(
+            deleted(plan_prune(&images, "new", 1, Retire::Delete, now(), HOUR)),
             vec!["a", "b", "c"]
         );
-        assert!(plan_prune(&images, "new", 4, now(), HOUR).is_empty());
+        assert!(deleted(plan_prune(&images, "new", 4, Retire::Delete, now(), HOUR)).is_empty());
     }
 
     #[test]
@@ -118,17 +265,26 @@ mod tests {
             image("new", Active, 1, false),
             image("old", Active, 5, false),
         ];
-        assert_eq!(plan_prune(&images, "new", 1, now(), HOUR), vec!["old"]);
+        assert_eq!(
+            deleted(plan_prune(&images, "new", 1, Retire::Delete, now(), HOUR)),
+            vec!["old"]
+        );
         // B prunes after A: A's image is older than B's, so it goes.
-        assert_eq!(plan_prune(&images, "b", 1, now(), HOUR), vec!["new", "old"]);
+        assert_eq!(
+            deleted(plan_prune(&images, "b", 1, Retire::Delete, now(), HOUR)),
+            vec!["new", "old"]
+        );
     }
 
     #[test]
     fn in_the_same_second_the_larger_id_is_the_newer() {
         // Glance's created_at has whole seconds: two uploads that finish together.
         let images = vec![image("a", Active, 0, false), image("z", Active, 0, false)];
-        assert!(plan_prune(&images, "a", 1, now(), HOUR).is_empty());
-        assert_eq!(plan_prune(&images, "z", 1, now(), HOUR), vec!["a"]);
+        assert!(deleted(plan_prune(&images, "a", 1, Retire::Delete, now(), HOUR)).is_empty());
+        assert_eq!(
+            deleted(plan_prune(&images, "z", 1, Retire::Delete, now(), HOUR)),
+            vec!["a"]
+        );
     }
 
     #[test]
@@ -138,7 +294,10 @@ mod tests {
             image("b", Active, 2, false),
             image("stale", Queued, 120, false),
         ];
-        assert_eq!(plan_prune(&images, "gone", 1, now(), HOUR), vec!["stale"]);
+        assert_eq!(
+            deleted(plan_prune(&images, "gone", 1, Retire::Delete, now(), HOUR)),
+            vec!["stale"]
+        );
     }
 
     #[test]
@@ -148,7 +307,10 @@ mod tests {
             image("a", Active, 10, false),
             image("b", Active, 10, false),
         ];
-        assert_eq!(plan_prune(&images, "new", 2, now(), HOUR), vec!["a"]);
+        assert_eq!(
+            deleted(plan_prune(&images, "new", 2, Retire::Delete, now(), HOUR)),
+            vec!["a"]
+        );
     }
 
     #[test]
@@ -159,7 +321,10 @@ mod tests {
             image("a", Active, 20, false),
             image("old-p", Active, 30, true),
         ];
-        assert_eq!(plan_prune(&images, "new", 2, now(), HOUR), vec!["a"]);
+        assert_eq!(
+            deleted(plan_prune(&images, "new", 2, Retire::Delete, now(), HOUR)),
+            vec!["a"]
+        );
     }
 
     #[test]
@@ -174,7 +339,7 @@ mod tests {
             image("deactivated", ImageStatus::Deactivated, 600, false),
         ];
         assert_eq!(
-            plan_prune(&images, "new", 1, now(), HOUR),
+            deleted(plan_prune(&images, "new", 1, Retire::Delete, now(), HOUR)),
             vec!["stale", "killed"]
         );
     }

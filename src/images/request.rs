@@ -120,6 +120,8 @@ pub(crate) struct UploadRequest {
     pub(crate) container_format: ContainerFormat,
     pub(crate) visibility: Visibility,
     pub(crate) properties: BTreeMap<String, String>,
+    /// What happens to revisions past `num_revisions`.
+    pub(crate) retire: super::prune::Retire,
     /// The request's tags (checked), added to the ones every image gets.
     pub(crate) tags: Vec<String>,
 }
@@ -151,6 +153,7 @@ impl UploadRequest {
             container_format,
             visibility,
             properties: fields.properties,
+            retire: parse_field("retire", fields.retire)?.unwrap_or_default(),
             tags: fields.tags,
         })
     }
@@ -264,6 +267,15 @@ mod tests {
         assert_eq!(r.container_format, ContainerFormat::Bare);
         assert_eq!(r.visibility, Visibility::Private);
         assert_eq!(r.disk_format, None);
+        assert_eq!(r.retire, super::super::prune::Retire::Delete);
+        let mut hide = fields();
+        hide.retire = Some("hide".into());
+        let r = UploadRequest::parse(hide).unwrap();
+        assert_eq!(r.retire, super::super::prune::Retire::Hide);
+        let mut bad = fields();
+        bad.retire = Some("archive".into());
+        let err = UploadRequest::parse(bad).unwrap_err();
+        assert!(err.to_string().contains("retire"), "{err}");
     }
 
     #[test]

@@ -192,6 +192,9 @@ pub(crate) struct ImageQuery {
     pub(crate) properties: Vec<(String, String)>,
     /// Stop after this many images (one page with `limit`).
     pub(crate) limit: Option<u32>,
+    /// `os_hidden`: Glance lists only visible images when it is not given;
+    /// `Some(true)` lists only hidden ones.
+    pub(crate) hidden: Option<bool>,
 }
 
 /// Glance through a session: holds no state of its own.
@@ -208,7 +211,7 @@ impl Session {
 }
 
 impl Glance<'_> {
-    fn cloud(&self) -> &str {
+    pub(super) fn cloud(&self) -> &str {
         self.session.name()
     }
 
@@ -227,7 +230,7 @@ impl Glance<'_> {
         }
     }
 
-    fn invalid(&self, operation: &str, detail: String) -> OpenStackError {
+    pub(super) fn invalid(&self, operation: &str, detail: String) -> OpenStackError {
         OpenStackError::InvalidResponse {
             cloud: self.cloud().to_string(),
             service: Service::Glance,
@@ -238,7 +241,12 @@ impl Glance<'_> {
 
     /// Sends through the session, reads the body, and turns a non-2xx status
     /// into [`OpenStackError::Api`].
-    async fn call<F>(&self, via: Via, operation: &str, build: F) -> Result<String, OpenStackError>
+    pub(super) async fn call<F>(
+        &self,
+        via: Via,
+        operation: &str,
+        build: F,
+    ) -> Result<String, OpenStackError>
     where
         F: FnOnce(&reqwest::Client, &url::Url) -> reqwest::RequestBuilder,
     {
@@ -287,6 +295,9 @@ impl Glance<'_> {
         if let Some(status) = query.status {
             params.push(("status".into(), status.as_str().into()));
         }
+        if let Some(hidden) = query.hidden {
+            params.push(("os_hidden".into(), hidden.to_string()));
+        }
         params.extend(query.properties.iter().cloned());
 
         let mut images = Vec::new();
@@ -324,12 +335,14 @@ impl Glance<'_> {
         Ok(images)
     }
 
-    /// The newest active image of that name: one query, `limit=1`.
+    /// The newest active image of that name: one query, `limit=1`; never a
+    /// hidden one (`os_hidden=false` said explicitly, not left to Glance's default).
     pub(crate) async fn latest_active(&self, name: &str) -> Result<Option<Image>, OpenStackError> {
         let query = ImageQuery {
             name: Some(name.to_string()),
             status: Some(ImageStatus::Active),
             limit: Some(1),
+            hidden: Some(false),
             ..ImageQuery::default()
         };
         Ok(self.list(&query).await?.into_iter().next())
@@ -371,20 +384,27 @@ impl Glance<'_> {
     /// `PUT /v2/images/{id}/file` with a streamed body, on the upload client (no
     /// total timeout; the caller watches for stalls). Not sent again on a 401:
     /// the body is gone. The token was checked moments before by the image's creation.
+    /// `store`: the multi-store Glance store to write to (`X-Image-Meta-Store`).
     pub(crate) async fn upload_data(
         &self,
         id: &str,
         size: u64,
         body: reqwest::Body,
+        store: Option<&str>,
     ) -> Result<(), OpenStackError> {
         let operation = format!("PUT /v2/images/{id}/file");
         let path = format!("v2/images/{id}/file");
         self.call(Via::Upload, &operation, |c, base| {
-            c.put(join(base, &path))
+            let request = c
+                .put(join(base, &path))
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .header(reqwest::header::CONTENT_LENGTH, size)
-                .header("x-openstack-image-size", size)
-                .body(body)
+                .header("x-openstack-image-size", size);
+            match store {
+                Some(store) => request.header("x-image-meta-store", store),
+                None => request,
+            }
+            .body(body)
         })
         .await
         .map(drop)
@@ -393,7 +413,7 @@ impl Glance<'_> {
 
 /// `base` joined with a relative path, keeping any path prefix of the endpoint
 /// (`https://cloud/image` + `v2/images` → `https://cloud/image/v2/images`).
-fn join(base: &url::Url, path: &str) -> url::Url {
+pub(super) fn join(base: &url::Url, path: &str) -> url::Url {
     let mut url = base.clone();
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),

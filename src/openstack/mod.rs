@@ -9,6 +9,7 @@
 //! user's home, or pull in a second HTTP stack. What we need is a dozen calls.
 
 pub(crate) mod glance;
+pub(crate) mod glance_import;
 pub(crate) mod keystone;
 pub(crate) mod login_backoff;
 pub(crate) mod observe;

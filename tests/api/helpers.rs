@@ -79,6 +79,27 @@ impl Bed {
             .clone()
     }
 
+    /// A value of the bed's `settings` file (ports, sizes), empty when absent.
+    pub fn setting(&self, key: &str) -> String {
+        let settings = std::fs::read_to_string(self.clouds_yaml.with_file_name("settings"))
+            .unwrap_or_default();
+        settings
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .unwrap_or_default()
+    }
+
+    /// The URL of a Glance of the bed by its port's setting (`glance_import_port`, ...).
+    pub fn glance_at(&self, port_key: &str) -> String {
+        let port = self.setting(port_key);
+        assert!(
+            !port.is_empty(),
+            "the bed has no {port_key}: restart it with tests/openstack/up.sh"
+        );
+        format!("http://127.0.0.1:{port}")
+    }
+
     /// A session of the bed's own, outside any daemon, to set up and check Glance.
     pub fn session(&self, name: &str) -> std::sync::Arc<Session> {
         Session::new(self.cloud(name), Duration::from_secs(600)).unwrap()
@@ -464,6 +485,17 @@ impl Direct {
         }
     }
 
+    /// One of the bed's clouds as its own user, at the Glance of `port_key`
+    /// (`glance_import_port`, `glance_stores_port`, `glance_importonly_port`,
+    /// `glance_capped_port`).
+    pub fn of(cloud: &str, port_key: &str) -> Direct {
+        Direct {
+            session: Bed::get().session(cloud),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            glance_url: Bed::get().glance_at(port_key),
+        }
+    }
+
     pub async fn token(&self) -> String {
         token_of(&self.session).await
     }
@@ -560,6 +592,27 @@ impl Direct {
         assert!(
             r.status().is_success(),
             "protect {id}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    /// Hides or shows an image (`os_hidden`), as an operator would.
+    pub async fn set_hidden(&self, id: &str, hidden: bool) {
+        let patch = serde_json::json!([{"op": "replace", "path": "/os_hidden", "value": hidden}]);
+        let r = self
+            .call(reqwest::Method::PATCH, &format!("/v2/images/{id}"))
+            .await
+            .header(
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            )
+            .body(patch.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "hide {id}: {}",
             r.text().await.unwrap()
         );
     }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::reader::Flow;
 use crate::images::ImageError;
 use crate::openstack::glance::{Image, ImageStatus};
+use crate::openstack::glance_import::failed_import;
 use crate::openstack::session::Session;
 use crate::openstack::OpenStackError;
 
@@ -23,6 +24,8 @@ pub(crate) struct UploadClocks {
     pub(crate) stall: Duration,
     /// `activation_timeout`: from the last byte to `active`.
     pub(crate) activation: Duration,
+    /// `import_timeout`: from the import's request to `active` (glance-direct).
+    pub(crate) import: Duration,
 }
 
 /// What ended [`watch_upload`].
@@ -87,13 +90,21 @@ pub(crate) async fn watch_upload(
 }
 
 /// Polls the image until it is active (at once with the file store; later with
-/// stores or plugins that process the data), until `deadline`.
+/// stores or plugins that process the data, or an import), until `deadline`.
+/// An import (`by_import`) that Glance reports failed (`os_glance_failed_import`)
+/// or that is not active by then is an [`ImageError::Import`].
 pub(crate) async fn wait_until_active(
     session: &Session,
     id: &str,
     deadline: Instant,
     clocks: UploadClocks,
+    by_import: bool,
 ) -> Result<Image, ImageError> {
+    let import_error = |detail: String| ImageError::Import {
+        cloud: session.name().to_string(),
+        image_id: id.to_string(),
+        detail,
+    };
     let mut delay = Duration::from_millis(100);
     loop {
         let image = match session.glance().get(id).await {
@@ -112,10 +123,21 @@ pub(crate) async fn wait_until_active(
             }
             Err(err) => return Err(ImageError::Upload(err)),
         };
+        if let Some(stores) = failed_import(&image).filter(|_| by_import) {
+            return Err(import_error(format!(
+                "Glance reports it failed (os_glance_failed_import: '{stores}')"
+            )));
+        }
         match image.status {
             ImageStatus::Active => return Ok(image),
             status if status.is_processing() => {
                 let now = Instant::now();
+                if now >= deadline && by_import {
+                    return Err(import_error(format!(
+                        "not active within import_timeout ({}): it is still '{status}'",
+                        humantime::format_duration(clocks.import)
+                    )));
+                }
                 if now >= deadline {
                     return Err(ImageError::NotActivated {
                         cloud: session.name().to_string(),
@@ -157,6 +179,7 @@ mod tests {
         UploadClocks {
             stall: Duration::from_secs(stall),
             activation: Duration::from_secs(activation),
+            import: Duration::from_secs(activation),
         }
     }
 

@@ -9,15 +9,19 @@ use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use super::activation;
+use super::import::Way;
 use super::reader::{self, Digests, Flow, SinkBody};
 use super::verify::{self, Mismatch};
 use super::{CloudRun, Stage, Upload};
 use crate::images::names::FieldError;
 use crate::images::progress::UploadReservation;
 use crate::images::source::{HashAlgo, SourceError, SourceFile};
-use crate::images::{ImageError, PruneFailure, UploadOutcome, MARKER_DAEMON, MARKER_UPLOAD};
+use crate::images::{
+    ImageError, PruneFailure, Pruned, UploadOutcome, MARKER_DAEMON, MARKER_UPLOAD,
+};
 use crate::jobs::{JobRequest, JobState, JobsError};
 use crate::openstack::glance::{Image, NewImage};
+use crate::openstack::glance_import::image_stores;
 use crate::openstack::session::Session;
 
 /// Several clouds of one request, each authenticated: two that reach the same
@@ -131,7 +135,8 @@ impl<R: JobRequest> Upload<'_, R> {
                 Some(Err(err)) => self.fail_or_retry(run, ImageError::Upload(err)).await,
                 Some(Ok(image)) => {
                     reservation.add_image(&image.id, &run.session);
-                    tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, "uploading");
+                    run.way = self.service.upload_way(&run.session);
+                    tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, way = run.way.as_str(), "uploading");
                     let id = image.id.clone();
                     run.stage = Stage::Created(image);
                     // Recorded at once: after a crash, the restarted daemon deletes it.
@@ -212,7 +217,8 @@ impl<R: JobRequest> Upload<'_, R> {
                 .map(|(run, (body, flow))| async move {
                     match &run.stage {
                         Stage::Created(image) => {
-                            self.send(&run.session, image, size, body, flow).await
+                            self.send(&run.session, image, run.way, (size, body), flow)
+                                .await
                         }
                         _ => Err(ImageError::Internal(
                             "streaming to a cloud without an image".into(),
@@ -250,22 +256,31 @@ impl<R: JobRequest> Upload<'_, R> {
     }
 
     /// Streams one body into one image, under the two clocks of
-    /// [`activation::watch_upload`]; the moment of the last byte on success.
+    /// [`activation::watch_upload`]: `PUT .../file` (into the one store of
+    /// `image_stores`, if so), or by import `PUT .../stage` then `POST
+    /// .../import` (into every store of `image_stores`). The moment of the
+    /// last byte (of the import's request) on success.
     async fn send(
         &self,
         session: &Session,
         image: &Image,
-        size: u64,
-        body: SinkBody,
+        way: Way,
+        (size, body): (u64, SinkBody),
         flow: Flow,
     ) -> Result<Instant, ImageError> {
         let give_up = body.canceller();
         let glance = session.glance();
-        let upload = glance.upload_data(
-            &image.id,
-            size,
-            reqwest::Body::wrap_stream(body.into_stream()),
-        );
+        let stores = &session.cloud().upload.stores;
+        let data = reqwest::Body::wrap_stream(body.into_stream());
+        let upload = async {
+            match way {
+                Way::Direct => {
+                    let store = stores.first().map(String::as_str);
+                    glance.upload_data(&image.id, size, data, store).await
+                }
+                Way::Import => glance.stage_data(&image.id, size, data).await,
+            }
+        };
         let last_byte = OnceLock::new();
         let result = tokio::select! {
             r = upload => r.map_err(ImageError::Upload),
@@ -277,7 +292,16 @@ impl<R: JobRequest> Upload<'_, R> {
             // The reader drops this cloud, even if the HTTP client keeps the body.
             give_up.cancel();
         }
-        result.map(|()| last_byte.get().copied().unwrap_or_else(Instant::now))
+        result?;
+        if way == Way::Import {
+            glance
+                .import_staged(&image.id, stores)
+                .await
+                .map_err(ImageError::Upload)?;
+            // The import's own clock (`import_timeout`) starts now.
+            return Ok(Instant::now());
+        }
+        Ok(last_byte.get().copied().unwrap_or_else(Instant::now))
     }
 
     /// Waits until each sent image is active and checks it holds the file's bytes.
@@ -294,7 +318,8 @@ impl<R: JobRequest> Upload<'_, R> {
             self.report
                 .cloud_stage(run.cloud(), JobState::Verifying)
                 .await?;
-            let verified = self.verify_one(&run.session, image, *last_byte, digests, rehash);
+            let verified =
+                self.verify_one(&run.session, image, (*last_byte, run.way), digests, rehash);
             Ok::<_, JobsError>(Some(verified.await))
         }))
         .await;
@@ -312,12 +337,20 @@ impl<R: JobRequest> Upload<'_, R> {
         &self,
         session: &Session,
         sent: &Image,
-        last_byte: Instant,
+        (last_byte, way): (Instant, Way),
         digests: &Digests,
         rehash: Option<&File>,
     ) -> Result<Image, ImageError> {
-        let deadline = last_byte + self.clocks.activation;
-        let image = activation::wait_until_active(session, &sent.id, deadline, self.clocks).await?;
+        let by_import = way == Way::Import;
+        let deadline = last_byte
+            + if by_import {
+                self.clocks.import
+            } else {
+                self.clocks.activation
+            };
+        let image =
+            activation::wait_until_active(session, &sent.id, deadline, self.clocks, by_import)
+                .await?;
         let mismatch = |detail: String| ImageError::Verification {
             cloud: session.name().to_string(),
             image_id: sent.id.clone(),
@@ -352,14 +385,15 @@ impl<R: JobRequest> Upload<'_, R> {
     pub(super) async fn prune(&self, runs: &mut [CloudRun]) -> Result<(), ImageError> {
         let pruned = join_all(runs.iter_mut().map(|run| self.keep_and_prune(run))).await;
         for (run, pruned) in runs.iter_mut().zip(pruned) {
-            let Some((pruned, prune_failed)) = pruned? else {
+            let Some(pruned) = pruned? else {
                 continue;
             };
             let Stage::Kept(image) = std::mem::replace(&mut run.stage, Stage::Waiting) else {
                 continue;
             };
-            tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, pruned = ?pruned, "upload verified");
-            let answer = self.answer(run, &image, pruned, prune_failed, false);
+            tracing::info!(cloud = %run.cloud(), image = %image.id, name = %self.name, pruned = ?pruned.deleted, hidden = ?pruned.hidden, "upload verified");
+            let mut answer = self.answer(run, &image, pruned.deleted, pruned.failed, false);
+            answer.hidden = pruned.hidden;
             self.report.image_kept(run.cloud(), &answer).await?;
             self.report.cloud_succeeded(run.cloud(), &image.id).await?;
             run.stage = Stage::Done(answer);
@@ -369,10 +403,7 @@ impl<R: JobRequest> Upload<'_, R> {
 
     /// One verified cloud: recorded kept, then its old revisions pruned. `None`
     /// for a cloud that was not verified.
-    async fn keep_and_prune(
-        &self,
-        run: &mut CloudRun,
-    ) -> Result<Option<(Vec<String>, Vec<PruneFailure>)>, ImageError> {
+    async fn keep_and_prune(&self, run: &mut CloudRun) -> Result<Option<Pruned>, ImageError> {
         if !matches!(run.stage, Stage::Verified(_)) {
             return Ok(None);
         }
@@ -388,7 +419,10 @@ impl<R: JobRequest> Upload<'_, R> {
             // revisions to the next upload of the name.
             tracing::error!(cloud = %run.cloud(), error = %err, "cannot record the new image as kept; not pruning");
             let failure = PruneFailure::new(String::new(), "not_recorded", err.to_string());
-            return Ok(Some((Vec::new(), vec![failure])));
+            return Ok(Some(Pruned {
+                failed: vec![failure],
+                ..Pruned::default()
+            }));
         }
         self.report
             .cloud_stage(run.cloud(), JobState::Pruning)
@@ -399,7 +433,13 @@ impl<R: JobRequest> Upload<'_, R> {
         let num_revisions = self.request.num_revisions;
         let pruned = self
             .service
-            .prune_revisions(&run.session, &self.name, &image.id, num_revisions)
+            .prune_revisions(
+                &run.session,
+                &self.name,
+                &image.id,
+                num_revisions,
+                self.request.retire,
+            )
             .await;
         Ok(Some(pruned))
     }
@@ -421,6 +461,8 @@ impl<R: JobRequest> Upload<'_, R> {
             os_hash_algo: image.os_hash_algo.clone().unwrap_or_default(),
             os_hash_value: image.os_hash_value.clone().unwrap_or_default(),
             pruned,
+            hidden: Vec::new(),
+            stores: image_stores(image),
             prune_failed,
             cloud: run.cloud().to_string(),
             upload_id: self.upload_id.to_string(),

@@ -17,6 +17,7 @@
 
 mod activation;
 mod cloud;
+mod import;
 pub(crate) mod reader;
 mod report;
 pub(crate) mod verify;
@@ -34,6 +35,8 @@ use crate::jobs::{JobFailure, JobRequest, JobState, JobTask};
 use crate::openstack::glance::{DiskFormat, Image};
 use crate::openstack::session::Session;
 use activation::UploadClocks;
+pub(crate) use import::GlanceWays;
+use import::Way;
 use report::Report;
 
 /// An upload whose request, file and clouds were checked (the request's errors
@@ -87,6 +90,8 @@ struct CloudRun {
     /// The try under way: a transient fault sends the cloud through the
     /// stages again, up to `upload_attempts` tries.
     attempts: u32,
+    /// How this try sends its data, chosen when its image is created.
+    way: Way,
 }
 
 #[derive(Debug)]
@@ -106,6 +111,9 @@ enum Stage {
     /// A transient fault ended this try (its image deleted): the cloud goes
     /// through the stages again after the backoff.
     Retry(ImageError),
+    /// `auto` met a 403 to a direct upload from a Glance that offers import:
+    /// the same try goes on by import with a fresh image, at once.
+    Switched,
     Failed(ImageError),
 }
 
@@ -168,8 +176,21 @@ impl ImageService {
             Targets::Every => self.every_session()?,
         };
         let clouds = match request.targets {
-            Targets::One(_) => sessions.into_iter().map(|s| (s, None)).collect(),
-            _ => cloud::distinct_projects(sessions).await?,
+            Targets::One(_) => {
+                for session in &sessions {
+                    self.check_stores(session).await?;
+                }
+                sessions.into_iter().map(|s| (s, None)).collect()
+            }
+            _ => {
+                let mut clouds = cloud::distinct_projects(sessions).await?;
+                for (session, refused) in &mut clouds {
+                    if refused.is_none() {
+                        *refused = self.check_stores(session).await.err();
+                    }
+                }
+                clouds
+            }
         };
         let reservation = self.in_flight.reserve(upload_id)?;
         Ok(PreparedUpload {
@@ -204,6 +225,7 @@ impl ImageService {
             clocks: UploadClocks {
                 stall: settings.upload_stall_timeout,
                 activation: settings.activation_timeout,
+                import: settings.import_timeout,
             },
             settings,
             request: &request,
@@ -224,6 +246,7 @@ impl ImageService {
                 session,
                 stage,
                 attempts: 1,
+                way: Way::Direct,
             });
         }
         let ended = upload.run_stages(&mut runs, source, &reservation).await;
@@ -290,15 +313,24 @@ impl<R: JobRequest> Upload<'_, R> {
     }
 
     /// The clouds a transient fault stopped wait out the backoff, then go
-    /// through the stages again; `false` when there are none.
+    /// through the stages again (those switched to import go again at once,
+    /// the same try); `false` when there are none.
     async fn retry_after_backoff(&self, runs: &mut [CloudRun]) -> Result<bool, ImageError> {
         let tried = runs
             .iter()
             .filter(|r| matches!(r.stage, Stage::Retry(_)))
             .map(|r| r.attempts)
             .max();
+        let mut switched = false;
+        for run in runs.iter_mut() {
+            if matches!(run.stage, Stage::Switched) {
+                tracing::info!(cloud = %run.cloud(), "uploading again by import (glance-direct)");
+                run.stage = Stage::Waiting;
+                switched = true;
+            }
+        }
         let Some(tried) = tried else {
-            return Ok(false);
+            return Ok(switched);
         };
         tokio::time::sleep(backoff(self.settings.upload_retry_backoff, tried)).await;
         for run in runs.iter_mut() {
@@ -360,8 +392,15 @@ impl<R: JobRequest> Upload<'_, R> {
     }
 
     /// A transient fault with tries left ends this try only (its image
-    /// deleted): the cloud goes again after the backoff. Anything else fails it.
+    /// deleted): the cloud goes again after the backoff. A 403 to a direct
+    /// upload on an `auto` cloud that offers import switches it to import
+    /// (its image deleted, a fresh one made at once). Anything else fails it.
     async fn fail_or_retry(&self, run: &mut CloudRun, err: ImageError) {
+        if run.way == Way::Direct && self.service.switch_to_import(&run.session, &err).await {
+            self.discard_image(run, &err).await;
+            run.stage = Stage::Switched;
+            return;
+        }
         if !err.is_transient() || run.attempts >= self.settings.upload_attempts {
             return self.fail(run, err).await;
         }
