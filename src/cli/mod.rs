@@ -8,6 +8,7 @@
 //! unreachable. Results go to stdout, progress and errors to stderr.
 
 mod client;
+mod fd_client;
 mod jobs;
 
 use std::path::PathBuf;
@@ -113,7 +114,8 @@ pub(crate) struct UploadArgs {
     /// How many active revisions to keep, the new one included.
     #[arg(long)]
     pub(crate) num_revisions: u32,
-    /// The image file (inside one of the daemon's upload_dirs).
+    /// The image file: inside one of the daemon's upload_dirs, or, when the
+    /// daemon listens on a unix socket, any file you can read (passed open).
     #[arg(long)]
     pub(crate) src_path: PathBuf,
     /// qcow2, raw, ... (default: detected).
