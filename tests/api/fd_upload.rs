@@ -49,18 +49,29 @@ async fn post_with(
     body: &Value,
     fds: &[RawFd],
 ) -> Answer {
+    post_to(&socket_of(d), &d.token, path, headers, body, fds).await
+}
+
+/// `POST path` to the daemon at `socket` with `token` (see [`post_with_fds`]).
+async fn post_to(
+    socket: &Path,
+    token: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    fds: &[RawFd],
+) -> Answer {
     let body = body.to_string();
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n{extra}\
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        d.token,
         body.len()
     );
-    exchange(d, request, fds).await
+    exchange(socket, request, fds).await
 }
 
 /// The daemon's `latest` of `app` (jammy, x64), over its unix socket.
@@ -70,14 +81,14 @@ async fn latest_id(d: &TestDaemon, app: &str) -> Value {
          Host: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         d.token
     );
-    let a = exchange(d, request, &[]).await;
+    let a = exchange(&socket_of(d), request, &[]).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     a.body["id"].clone()
 }
 
 /// Sends `request` (its first bytes with `fds`) and reads the answer.
-async fn exchange(d: &TestDaemon, request: String, fds: &[RawFd]) -> Answer {
-    let socket = socket_of(d);
+async fn exchange(socket: &Path, request: String, fds: &[RawFd]) -> Answer {
+    let socket = socket.to_path_buf();
     let fds = fds.to_vec();
     tokio::task::spawn_blocking(move || {
         let mut stream = UnixStream::connect(&socket).unwrap();
@@ -287,4 +298,121 @@ async fn the_cli_passes_a_file_outside_upload_dirs_by_itself() {
     assert_eq!(image["status"], "active");
     assert_eq!(image["size"], std::fs::metadata(&file).unwrap().len());
     assert_eq!(image["os_hash_value"], sha512_hex(&file).as_str());
+}
+
+/// The daemon binary run as `nobody` (by `setpriv`), killed when dropped.
+struct AsNobody(std::process::Child);
+
+impl Drop for AsNobody {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `path` and everything under it owned by `nobody`.
+fn give_to_nobody(path: &Path) {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            give_to_nobody(&entry.unwrap().path());
+        }
+    }
+}
+
+/// The files a daemon run as `nobody` needs, in a directory it owns: config
+/// (unix socket), the bed's `charm` cloud, state and upload dirs.
+fn nobody_daemon_dir() -> (tempfile::TempDir, PathBuf) {
+    let bed = Bed::get();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::write(
+        root.join("clouds.yaml"),
+        clouds_document(&[("charm", bed.cloud_entry("charm"))]),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::write(
+        root.join("config.yaml"),
+        format!(
+            "listen: \"unix:{r}/run/helper.sock\"\nstate_dir: {r}/state\n\
+             api_token_file: {r}/state/api-token\nupload_dirs: [{r}/images]\n\
+             clouds_yaml: {r}/clouds.yaml\n",
+            r = root.display()
+        ),
+    )
+    .unwrap();
+    give_to_nobody(&root);
+    (dir, root)
+}
+
+/// The proof the issue asks for: a daemon running as another user (`nobody`)
+/// cannot open root's 0600 file by its path, even inside its upload dir, and
+/// uploads it when root hands it over open.
+#[tokio::test]
+async fn a_daemon_running_as_nobody_reads_a_root_only_file_only_through_its_descriptor() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test starts the daemon as nobody: run it as root"
+    );
+    let (_dir, root) = nobody_daemon_dir();
+    let log = File::create(root.join("daemon.log")).unwrap();
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_openstack-image-helper"))
+        .arg("--config")
+        .arg(root.join("config.yaml"))
+        .arg("serve")
+        .env_remove("NOTIFY_SOCKET")
+        .env("HOME", "/nonexistent")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("setpriv runs the daemon");
+    let mut daemon = AsNobody(child);
+    let token_file = root.join("state/api-token");
+    let socket = root.join("run/helper.sock");
+    for _ in 0..300 {
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            let log = std::fs::read_to_string(root.join("daemon.log")).unwrap_or_default();
+            panic!("the daemon exited with {status}: {log}");
+        }
+        let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+        if !token.trim().is_empty() && UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|uid| uid == "65534"),
+        "the daemon runs as nobody: {uid_line}"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let post = |body: Value, fds: Vec<RawFd>| {
+        let (socket, token) = (socket.clone(), token.trim().to_string());
+        async move { post_to(&socket, &token, "/v1/images", &[], &body, &fds).await }
+    };
+
+    // Root's own file, 0600, even inside the upload dir: by path, nobody
+    // cannot open it.
+    let file = write_raw_image(&root.join("images"), "root-only.img", 2 * 1024 * 1024 + 1);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let app = unique_app("fdnobody");
+    let by_path = upload_body(&app, json!({"src_path": file}));
+    let a = post(by_path, vec![]).await;
+    a.expect(400, "file_not_found");
+    assert!(a.message().contains("ermission denied"), "{}", a.message());
+
+    let open = File::open(&file).unwrap();
+    let by_fd = upload_body(&app, json!({"src_fd": 0}));
+    let a = post(by_fd, vec![open.as_raw_fd()]).await;
+    assert_in_glance(&a, &file).await;
 }
