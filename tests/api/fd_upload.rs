@@ -411,8 +411,38 @@ async fn a_daemon_running_as_nobody_reads_a_root_only_file_only_through_its_desc
     a.expect(400, "file_not_found");
     assert!(a.message().contains("ermission denied"), "{}", a.message());
 
+    // Three sent, the first used: the two others close with the request.
     let open = File::open(&file).unwrap();
     let by_fd = upload_body(&app, json!({"src_fd": 0}));
-    let a = post(by_fd, vec![open.as_raw_fd()]).await;
+    let fd = open.as_raw_fd();
+    let a = post(by_fd, vec![fd, fd, fd]).await;
     assert_in_glance(&a, &file).await;
+
+    // Descriptors sent with a request that uses none (health) close with it,
+    // and the upload's own closed with its job: the daemon holds none.
+    let health =
+        "GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string();
+    assert_eq!(
+        exchange(&socket, health, &[fd, fd, fd, fd]).await.status,
+        200
+    );
+    let held = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .filter(|target| target == &file)
+            .count()
+    };
+    let pid = daemon.0.id();
+    for _ in 0..100 {
+        if held(pid) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        held(pid),
+        0,
+        "the daemon still holds descriptors of the file"
+    );
 }
