@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{CloudLatest, Latest, LatestResults, Status};
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError};
 use crate::exit::{EXIT_DAEMON_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 use client::ApiClient;
 
@@ -192,14 +192,7 @@ pub fn main() -> i32 {
 fn load_config(explicit: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match explicit {
         Some(path) => Config::load(path),
-        None => {
-            let path = PathBuf::from(DEFAULT_CONFIG_PATH);
-            if path.exists() {
-                Config::load(&path)
-            } else {
-                Ok(Config::default())
-            }
-        }
+        None => Config::load_default(),
     }
 }
 
