@@ -181,3 +181,29 @@ impl AsyncRead for PassingStream {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_passed_open_only_when_the_daemon_would_refuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let images = root.join("images");
+        std::fs::create_dir_all(images.join("sub")).unwrap();
+        std::fs::create_dir_all(root.join("charm")).unwrap();
+        let dirs = vec![images.clone()];
+        assert!(!outside_upload_dirs(&images.join("sub/x.img"), &dirs));
+        assert!(!outside_upload_dirs(&images.join("not-yet.img"), &dirs));
+        assert!(outside_upload_dirs(&root.join("charm/x.img"), &dirs));
+        assert!(outside_upload_dirs(&images.join("../charm/x.img"), &dirs));
+        assert!(
+            outside_upload_dirs(&images, &dirs),
+            "the dir itself is no file in it"
+        );
+        // A symlink inside that leads out is judged by where it leads.
+        std::os::unix::fs::symlink(root.join("charm"), images.join("out")).unwrap();
+        assert!(outside_upload_dirs(&images.join("out/x.img"), &dirs));
+    }
+}
