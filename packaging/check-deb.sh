@@ -87,6 +87,20 @@ cp "$dropin" "$control/dropin.before"
 DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" </dev/null || fail "the reinstall over a charm's drop-in failed (a prompt?)"
 cmp -s "$dropin" "$control/dropin.before" || fail "the reinstall changed the charm's drop-in"
 cmp -s "/etc/$pkg/config.yaml" config/config.yaml || fail "the reinstall left config.yaml changed"
+# An upgrade whose packaged config.yaml changed (the case where dpkg asks about a
+# conffile the admin edited): the same package repacked as a later version with
+# a line added to config.yaml. The charm never edited the conffile, so the new
+# one is installed with no prompt, and the drop-in is kept.
+up=$(mktemp -d)
+dpkg-deb -R "$deb" "$up/pkg"
+sed -i "s/^Version: .*/&+upgrade/" "$up/pkg/DEBIAN/control"
+echo "# a later version's reference config" >>"$up/pkg/etc/$pkg/config.yaml"
+(cd "$up/pkg" && sed -i "/ etc\/$pkg\/config.yaml\$/d" DEBIAN/md5sums 2>/dev/null || true)
+dpkg-deb -b "$up/pkg" "$up/upgrade.deb" >/dev/null
+DEBIAN_FRONTEND=noninteractive dpkg -i "$up/upgrade.deb" </dev/null || fail "the upgrade over a charm's drop-in failed (a prompt?)"
+cmp -s "$dropin" "$control/dropin.before" || fail "the upgrade changed the charm's drop-in"
+cmp -s "/etc/$pkg/config.yaml" "$up/pkg/etc/$pkg/config.yaml" || fail "the upgrade did not install the new config.yaml"
+rm -rf "$up"
 dpkg --purge "$pkg"
 trap 'rm -rf "$control" "$root"' EXIT
 
