@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
 TEST_TOKEN_LIFETIME ?= 60
 
-.PHONY: demo test unit bed bed-down bench build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check
+.PHONY: demo test test-api unit bed bed-down bench build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check charmlib-wheel charmlib-wheel-test
 
 # Debian packages the demo and the tests use (qcow2 images are made with qemu-img).
 deps:
@@ -25,9 +25,18 @@ bed:
 bed-down:
 	tests/openstack/down.sh
 
+# Every test. Everything is built first; then the unit tests; then the API tests, the
+# charm library's tests and its wheel's run side by side (each mostly waits on the
+# bed's services, so the 2 cores are not the limit), their output kept per part.
+API_TEST_THREADS ?= 4
 test: deps bed
-	cargo test --all-targets
-	$(MAKE) charmlib-test
+	cargo test --all-targets --no-run
+	cargo test --lib --bins --benches
+	$(MAKE) -j3 --output-sync=target test-api charmlib-test charmlib-wheel-test
+
+# The API tests (tests/api) against the bed.
+test-api: $(if $(OSIH_BED_DIR),,bed)
+	cargo test --test api -- --test-threads=$(API_TEST_THREADS)
 
 unit:
 	cargo test --lib
@@ -64,6 +73,8 @@ systemd-test: bed
 #   make deb             target/deb/openstack-image-helper_<version>_<arch>.deb (cargo-deb)
 #   make charmlib-check  ruff, mypy --strict and the Python 3.8 check of the charm library
 #   make charmlib-test   the charm library's tests against the real daemon and test bed
+#   make charmlib-wheel  target/charm-wheel/*.whl: the charm libraries as a Python package
+#   make charmlib-wheel-test  the library tests from the installed wheel, oldest and newest Python
 
 # /usr/local: a `make install` is the local administrator's, beside (not over) what the
 # .deb puts in /usr. The installed unit's ExecStart is rewritten to $(BINDIR), so the
@@ -77,7 +88,9 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR ?= $(PREFIX)/share/doc/openstack-image-helper
 DATADIR ?= $(PREFIX)/share/openstack-image-helper
 DEB_PROFILE ?= release
-CHARMLIB := charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
+# Every charm library file (the client, the fake, the relation library), installed
+# under $(DATADIR)/charm/lib/ as charms vendor them.
+CHARMLIBS := $(wildcard charm/lib/charms/openstack_image_helper/v0/*.py)
 UNIT := systemd/openstack-image-helper.service
 # The unit with ExecStart in bin dir $(1) (the checked-in unit names /usr/bin or
 # /usr/local/bin) and its Documentation in doc dir $(2).
@@ -98,7 +111,7 @@ install: build
 	install -D -m 644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 644 charm/README.md $(DESTDIR)$(DOCDIR)/charm-library.md
 	install -D -m 644 config/config.yaml $(DESTDIR)$(DOCDIR)/config.yaml
-	install -D -m 644 $(CHARMLIB) $(DESTDIR)$(DATADIR)/charm/lib/charms/openstack_image_helper/v0/openstack_manager.py
+	for lib in $(CHARMLIBS); do install -D -m 644 $$lib $(DESTDIR)$(DATADIR)/$$lib; done
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # cargo-deb builds the binary itself, with DEB_PROFILE (release: what ships; CI's
@@ -127,3 +140,18 @@ charmlib-check: $(CHARM_VENV)/stamp
 charmlib-test: $(CHARM_VENV)/stamp $(if $(OSIH_BED_DIR),,bed)
 	cargo build --bin openstack-image-helper
 	cd charm && ../$(CHARM_VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Built without isolation, from requirements-dev.txt's pinned setuptools.
+CHARM_WHEEL_DIR := target/charm-wheel
+charmlib-wheel: $(CHARM_VENV)/stamp
+	rm -rf $(CHARM_WHEEL_DIR) charm/build charm/lib/*.egg-info
+	cd charm && ../$(CHARM_VENV)/bin/python -m build --wheel --no-isolation --outdir ../$(CHARM_WHEEL_DIR) .
+	rm -rf charm/build charm/lib/*.egg-info
+
+# The tests that exercise the library's code on each Python (the long upload tests of
+# test_openstack_manager.py and the COS tools' tests run in charmlib-test).
+CHARMLIB_WHEEL_TESTS ?= tests/test_packaging.py tests/test_fake.py tests/test_image_info.py \
+	tests/test_upload_identity.py tests/test_compat.py tests/test_cloud_order.py tests/test_typed_api.py
+charmlib-wheel-test: charmlib-wheel $(if $(OSIH_BED_DIR),,bed)
+	cargo build --bin openstack-image-helper
+	cd charm && ../$(CHARM_VENV)/bin/python wheel_test.py -ra $(CHARMLIB_WHEEL_TESTS)

@@ -1,9 +1,10 @@
-"""Check that the charm library is Python 3.8 (focal charms): its syntax, and its import.
+"""Check that the charm libraries are Python 3.8 (focal charms): their syntax, and import.
 
-The syntax check (`ast.parse` with `feature_version=(3, 8)`) runs everywhere. When a
-Python 3.8 interpreter is at hand (`python3.8`, or pyenv's), the library is also imported
-under it, which catches what the parser cannot (a subscripted builtin evaluated at
-import time, a module that 3.8 lacks).
+The syntax check (`ast.parse` with `feature_version=(3, 8)`) runs on every library file.
+When a Python 3.8 interpreter is at hand (`python3.8`, or pyenv's), the libraries that
+need only the standard library are also imported under it, which catches what the
+parser cannot (a subscripted builtin evaluated at import time, a module that 3.8
+lacks). `image_info` needs ops, which the check's 3.8 does not have: parsed only.
 """
 
 import ast
@@ -14,8 +15,10 @@ import sys
 from pathlib import Path
 
 LIB = Path(__file__).resolve().parent / "lib"
-MODULE = "charms.openstack_image_helper.v0.openstack_manager"
-SOURCE = LIB / "charms/openstack_image_helper/v0/openstack_manager.py"
+PACKAGE = "charms.openstack_image_helper.v0"
+SOURCES = sorted((LIB / "charms/openstack_image_helper/v0").glob("*.py"))
+# The libraries that need only the standard library: imported under 3.8.
+STDLIB_ONLY = ("openstack_manager", "testing")
 
 
 def python38() -> "str | None":
@@ -39,17 +42,18 @@ def python38() -> "str | None":
 
 def main() -> int:
     """Run the checks; 0 when they pass."""
-    ast.parse(SOURCE.read_text(), filename=str(SOURCE), feature_version=(3, 8))
-    print(f"{SOURCE.name}: parses as Python 3.8")
+    for source in SOURCES:
+        ast.parse(source.read_text(), filename=str(source), feature_version=(3, 8))
+        print(f"{source.name}: parses as Python 3.8")
     interpreter = python38()
     if interpreter is None:
         print("no Python 3.8 interpreter here: the import under 3.8 was not tried")
         return 0
-    code = f"import {MODULE} as m; print(m.LIBAPI, m.LIBPATCH)"
+    imports = "; ".join(f"import {PACKAGE}.{name}" for name in STDLIB_ONLY)
     env = {**os.environ, "PYTHONPATH": str(LIB)}
-    result = subprocess.run([interpreter, "-c", code], env=env, check=False)
+    result = subprocess.run([interpreter, "-c", imports], env=env, check=False)
     if result.returncode == 0:
-        print(f"{SOURCE.name}: imports under {interpreter}")
+        print(f"{', '.join(STDLIB_ONLY)}: import under {interpreter}")
     return result.returncode
 
 

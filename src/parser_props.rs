@@ -89,6 +89,9 @@ fn upload_value(key: &'static str) -> BoxedStrategy<Json> {
         )
         .prop_map(|m| Json::Object(m.into_iter().map(|(k, v)| (k, Json::from(v))).collect()))
         .boxed(),
+        "tags" => prop::collection::vec(prop_oneof![6 => "[a-z:-]{1,12}", 1 => ".{0,300}"], 0..24)
+            .prop_map(Json::from)
+            .boxed(),
         _ => prop_oneof![4 => "[a-z-]{1,8}", 1 => ".{0,20}"]
             .prop_map(Json::from)
             .boxed(),
@@ -107,6 +110,7 @@ const UPLOAD_KEYS: &[&str] = &[
     "container_format",
     "visibility",
     "properties",
+    "tags",
 ];
 
 /// An upload request body: most known keys, sometimes an unknown one.

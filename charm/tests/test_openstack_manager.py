@@ -1,6 +1,5 @@
 """The library against the real daemon, Keystone and Glance: every method, every error."""
 
-import hashlib
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ from charms.openstack_image_helper.v0.openstack_manager import (
     UploadImageConfig,
     UploadImageError,
 )
-from conftest import Bed, Daemon, DaemonFactory, free_port
+from conftest import Bed, Daemon, DaemonFactory, free_port, md5_of
 
 MIB = 1 << 20
 
@@ -35,7 +34,7 @@ def config(app_name: str, src_path: Path, num_revisions: int = 2) -> UploadImage
 
 def md5(path: Path) -> str:
     """The file's md5, as Glance's `checksum` gives it."""
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    return md5_of(path.read_bytes())
 
 
 def token_requests(daemon: Daemon) -> int:

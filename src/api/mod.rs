@@ -159,7 +159,8 @@ pub(crate) struct UploadFields {
     /// image of the name holds other bytes (the others answer it, `unchanged`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) skip_unchanged: bool,
-    /// Default: detected from the file (qcow2 or raw).
+    /// Default: detected from the file (qcow2, raw, vmdk, vhd, vhdx or iso);
+    /// one the content contradicts is refused (422 unsafe_image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub(crate) disk_format: Option<String>,
@@ -171,9 +172,14 @@ pub(crate) struct UploadFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub(crate) visibility: Option<String>,
-    /// Extra image properties (not the daemon's own, not Glance attributes).
+    /// Extra image properties (not the daemon's own, not Glance attributes;
+    /// keys at most 255 characters, values at most 65535).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) properties: BTreeMap<String, String>,
+    /// Tags added to the ones every image gets (`base:`, `arch:`, `app:`,
+    /// `managed-by:openstack-image-helper`): at most 20, each 1 to 255 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tags: Vec<String>,
 }
 
 /// An old revision whose deletion failed (the upload itself succeeded).
@@ -231,6 +237,14 @@ pub(crate) struct UploadAnswer {
     /// How many tries the upload took (transient faults are retried).
     #[serde(default = "one")]
     pub(crate) attempts: u32,
+    /// Extension (0.3): the file's disk format, detected from its content.
+    #[serde(default)]
+    #[schema(example = "qcow2")]
+    pub(crate) format: String,
+    /// Extension (0.3): the disk format Glance holds the image as.
+    #[serde(default)]
+    #[schema(example = "qcow2")]
+    pub(crate) disk_format: String,
 }
 
 fn one() -> u32 {

@@ -62,6 +62,7 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
         container_format: None,
         visibility: None,
         properties: args.properties.into_iter().collect(),
+        tags: Vec::new(),
     };
     // A key of our own unless the caller gave one: a POST whose answer was lost
     // is sent again and finds the job it made instead of making a second one.

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::api::{ErrorBody, ErrorDetail};
+use crate::images::convert::ConvertError;
 use crate::images::source::SourceError;
 use crate::images::ImageError;
 use crate::jobs::{JobFailure, JobsError};
@@ -122,6 +123,8 @@ const STATUS_OF_CODE: &[(StatusCode, &str)] = &[
     (StatusCode::NOT_FOUND, "unknown_cloud"),
     (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
     (StatusCode::UNPROCESSABLE_ENTITY, "openstack_unauthorized"),
+    (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image"),
+    (StatusCode::INSUFFICIENT_STORAGE, "insufficient_space"),
     (StatusCode::BAD_GATEWAY, "get_image_failed"),
     (StatusCode::BAD_GATEWAY, "upload_image_failed"),
     (StatusCode::BAD_GATEWAY, "openstack_connection_failed"),
@@ -242,6 +245,20 @@ impl From<&ImageError> for ApiError {
             | ImageError::NotActivated { .. }
             | ImageError::FileChanged { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "upload_image_failed", message)
+            }
+            ImageError::Unsafe { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image", message)
+            }
+            ImageError::Convert(ConvertError::InsufficientSpace { .. }) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_space",
+                message,
+            ),
+            ImageError::Convert(ConvertError::Failed { .. } | ConvertError::Unsupported(_)) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image", message)
+            }
+            ImageError::Convert(ConvertError::Staging { .. }) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
             }
             ImageError::Cloud(registry) => registry.into(),
             ImageError::Get(os) => Self::openstack(os, "get_image_failed"),

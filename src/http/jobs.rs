@@ -72,6 +72,7 @@ pub(crate) struct UploadParams {
         (status = 409, body = ErrorBody, description = "conflict"),
         (status = 429, body = ErrorBody, description = "too_many_uploads: max_queued_uploads jobs are queued; Retry-After says when to try again"),
         (status = 413, body = ErrorBody, description = "image_too_large, request_too_large"),
+        (status = 422, body = ErrorBody, description = "unsafe_image (the file's content is refused: the message says why), openstack_unauthorized"),
         (status = 502, body = UploadFailed, description = "upload_image_failed, get_image_failed, openstack_connection_failed; with `clouds`, also every cloud's result (`results`)"),
         (status = 503, body = ErrorBody, description = "not_ready, shutting_down, interrupted")))]
 pub(crate) async fn upload(

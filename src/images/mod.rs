@@ -4,6 +4,8 @@
 //! Nothing here knows about HTTP: the [`http`](crate::http) layer turns requests
 //! into [`UploadRequest`]s and [`ImageError`]s into status codes.
 
+pub(crate) mod convert;
+pub(crate) mod format;
 pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;
@@ -67,6 +69,16 @@ pub(crate) enum ImageError {
     Invalid(#[from] FieldError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The file's content is refused before a byte is sent (`unsafe_image`).
+    #[error("'{path}' is refused: {reason}")]
+    Unsafe {
+        path: PathBuf,
+        reason: format::UnsafeImage,
+    },
+    /// Converting the file to the format a cloud wants failed (`507
+    /// insufficient_space`, or the file's fault: `unsafe_image`).
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
     #[error(transparent)]
     Cloud(#[from] RegistryError),
     /// Reading images failed (`get_image_failed`).

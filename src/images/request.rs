@@ -17,7 +17,8 @@ const OWN_PROPERTIES: &[&str] = &[
     MARKER_DAEMON,
     MARKER_UPLOAD,
 ];
-/// Glance's core attributes, which are not custom properties at all.
+/// Glance's core attributes, which are not custom properties at all (API.md's
+/// reserved list, plus `stores`); every `os_hash_*` is reserved too.
 const CORE_ATTRIBUTES: &[&str] = &[
     "id",
     "name",
@@ -25,8 +26,6 @@ const CORE_ATTRIBUTES: &[&str] = &[
     "visibility",
     "protected",
     "checksum",
-    "os_hash_algo",
-    "os_hash_value",
     "owner",
     "size",
     "virtual_size",
@@ -45,6 +44,13 @@ const CORE_ATTRIBUTES: &[&str] = &[
     "os_hidden",
     "stores",
 ];
+const RESERVED_PREFIX: &str = "os_hash_";
+/// Glance's bounds: a property key, a property value, a tag (in characters).
+const MAX_KEY: usize = 255;
+const MAX_VALUE: usize = 65535;
+const MAX_TAG: usize = 255;
+/// The request's own tags, beside the four every image gets.
+const MAX_TAGS: usize = 20;
 
 /// The clouds an upload goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +147,8 @@ pub(crate) struct UploadRequest {
     pub(crate) container_format: ContainerFormat,
     pub(crate) visibility: Visibility,
     pub(crate) properties: BTreeMap<String, String>,
+    /// The request's tags (checked), added to the ones every image gets.
+    pub(crate) tags: Vec<String>,
 }
 
 impl UploadRequest {
@@ -155,26 +163,10 @@ impl UploadRequest {
             .unwrap_or(ContainerFormat::Bare);
         let visibility =
             parse_field("visibility", fields.visibility)?.unwrap_or(Visibility::Private);
-        for key in fields.properties.keys() {
-            if OWN_PROPERTIES.contains(&key.as_str()) {
-                return Err(FieldError::new(
-                    "properties",
-                    format!("'{key}' is set by the daemon and may not be given"),
-                ));
-            }
-            if CORE_ATTRIBUTES.contains(&key.as_str()) {
-                return Err(FieldError::new(
-                    "properties",
-                    format!("'{key}' is a Glance image attribute, not a property"),
-                ));
-            }
-            if key.is_empty() || key.len() > 255 {
-                return Err(FieldError::new(
-                    "properties",
-                    "keys must be 1 to 255 characters",
-                ));
-            }
+        for (key, value) in &fields.properties {
+            check_property(key, value)?;
         }
+        check_tags(&fields.tags)?;
         let targets = Targets::parse(fields.cloud, fields.clouds)?;
         let src = Src::parse(fields.src_path, fields.src_fd)?;
         Ok(UploadRequest {
@@ -187,7 +179,85 @@ impl UploadRequest {
             container_format,
             visibility,
             properties: fields.properties,
+            tags: fields.tags,
         })
+    }
+
+    /// The image's tags: `base:`, `arch:`, `app:`, `managed-by:`, then the
+    /// request's, each once, in that order.
+    pub(crate) fn image_tags(&self) -> Vec<String> {
+        let family = &self.family;
+        let mut tags = vec![
+            format!("base:{}", family.base),
+            format!("arch:{}", family.arch),
+            format!("app:{}", family.app_name),
+            "managed-by:openstack-image-helper".to_string(),
+        ];
+        for tag in &self.tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+        tags
+    }
+}
+
+/// A custom property a request may set: not the daemon's, not Glance's, within
+/// Glance's lengths; the error names the key.
+fn check_property(key: &str, value: &str) -> Result<(), FieldError> {
+    let refuse = |why: String| Err(FieldError::new("properties", why));
+    if OWN_PROPERTIES.contains(&key) {
+        return refuse(format!("'{key}' is set by the daemon and may not be given"));
+    }
+    if CORE_ATTRIBUTES.contains(&key) || key.starts_with(RESERVED_PREFIX) {
+        return refuse(format!(
+            "'{key}' is a Glance image attribute, not a property"
+        ));
+    }
+    let key_len = key.chars().count();
+    if key_len == 0 || key_len > MAX_KEY {
+        return refuse(format!(
+            "key '{}' is {key_len} characters: keys are 1 to {MAX_KEY}",
+            shortened(key)
+        ));
+    }
+    let value_len = value.chars().count();
+    if value_len > MAX_VALUE {
+        return refuse(format!(
+            "the value of '{key}' is {value_len} characters: at most {MAX_VALUE}"
+        ));
+    }
+    Ok(())
+}
+
+/// At most [`MAX_TAGS`], each 1 to [`MAX_TAG`] characters.
+fn check_tags(tags: &[String]) -> Result<(), FieldError> {
+    if tags.len() > MAX_TAGS {
+        return Err(FieldError::new(
+            "tags",
+            format!("{} tags: at most {MAX_TAGS}", tags.len()),
+        ));
+    }
+    for tag in tags {
+        let len = tag.chars().count();
+        if len == 0 || len > MAX_TAG {
+            return Err(FieldError::new(
+                "tags",
+                format!(
+                    "tag '{}' is {len} characters: tags are 1 to {MAX_TAG}",
+                    shortened(tag)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first 40 characters of a text quoted back, so an answer stays short.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
     }
 }
 
@@ -242,6 +312,83 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn reserved_or_oversized_properties_are_refused_naming_the_key() {
+        let long_key = "k".repeat(256);
+        for (key, value, says) in [
+            (
+                "os_hash_algo",
+                "x".to_string(),
+                "'os_hash_algo' is a Glance image attribute",
+            ),
+            (
+                "os_hash_anything",
+                "x".to_string(),
+                "'os_hash_anything' is a Glance",
+            ),
+            (
+                "min_ram",
+                "1".to_string(),
+                "'min_ram' is a Glance image attribute",
+            ),
+            ("os_hidden", "true".to_string(), "'os_hidden' is a Glance"),
+            (
+                long_key.as_str(),
+                "x".to_string(),
+                "is 256 characters: keys are 1 to 255",
+            ),
+            ("", "x".to_string(), "is 0 characters"),
+            (
+                "hw_note",
+                "v".repeat(65536),
+                "the value of 'hw_note' is 65536 characters",
+            ),
+        ] {
+            let mut f = fields();
+            f.properties.insert(key.into(), value);
+            let err = UploadRequest::parse(f).unwrap_err();
+            assert_eq!(err.field, "properties", "{key}");
+            assert!(err.to_string().contains(says), "{key}: {err}");
+        }
+        let mut f = fields();
+        f.properties.insert("hw_note".into(), "é".repeat(65535));
+        f.properties.insert("é".repeat(255), "x".into());
+        assert!(UploadRequest::parse(f).is_ok());
+    }
+
+    #[test]
+    fn tags_are_checked_and_added_to_the_daemons_own() {
+        let mut f = fields();
+        f.tags = vec!["team:ci".into(), "app:runner".into(), "team:ci".into()];
+        assert_eq!(
+            UploadRequest::parse(f).unwrap().image_tags(),
+            [
+                "base:jammy",
+                "arch:x64",
+                "app:runner",
+                "managed-by:openstack-image-helper",
+                "team:ci"
+            ]
+        );
+        for (tags, says) in [
+            (vec![String::new()], "is 0 characters"),
+            (vec!["t".repeat(256)], "is 256 characters"),
+            (
+                (0..21).map(|i| format!("t{i}")).collect(),
+                "21 tags: at most 20",
+            ),
+        ] {
+            let mut f = fields();
+            f.tags = tags;
+            let err = UploadRequest::parse(f).unwrap_err();
+            assert_eq!(err.field, "tags");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let mut f = fields();
+        f.tags = (0..20).map(|i| "t".repeat(200 + i)).collect();
+        assert!(UploadRequest::parse(f).is_ok());
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! The image file: what it is (a regular file, its disk format), what tells that
-//! it changed, and the hashes Glance may report of it. Reading it is
-//! [`upload::reader`](super::upload::reader).
+//! The image file: what it is (a regular file, its disk format, judged by
+//! [`format`](super::format)), what tells that it changed, and the hashes
+//! Glance may report of it. Reading it is [`upload::reader`](super::upload::reader).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 #[cfg(test)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::openstack::glance::DiskFormat;
+use super::format::{self, Inspection, UnsafeImage};
+use crate::openstack::glance::{ContainerFormat, DiskFormat};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum SourceError {
@@ -70,9 +70,10 @@ pub(crate) struct SourceFile {
     /// The file's size and times at open time: while it is read, any change
     /// means the bytes sent may mix the old file and the new one.
     pub(crate) stamp: FileStamp,
-    /// The disk format its first bytes say, read at open time (where blocking
-    /// reads are allowed: open runs on a blocking thread).
-    detected_format: DiskFormat,
+    /// What its content is (or why it is refused), judged at open time from
+    /// its headers (where blocking reads are allowed: open runs on a blocking
+    /// thread).
+    inspection: Result<Inspection, UnsafeImage>,
 }
 
 /// What tells that a file was written: its size, modification and change times.
@@ -142,13 +143,18 @@ impl SourceFile {
                 reason: format!("not a regular file ({})", kind(&meta)),
             });
         }
-        let detected_format = detect_disk_format(&file);
+        let inspection = format::inspect(&format::Image::new(&file, meta.len())).map_err(|e| {
+            SourceError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(SourceFile {
             path: path.to_path_buf(),
             file,
             size: meta.len(),
             stamp: FileStamp::of(&meta),
-            detected_format,
+            inspection,
         })
     }
 
@@ -188,14 +194,7 @@ impl SourceFile {
                 kind: kind(&meta),
             });
         }
-        let detected_format = detect_disk_format(&file);
-        Ok(SourceFile {
-            path: PathBuf::from(what),
-            file,
-            size: meta.len(),
-            stamp: FileStamp::of(&meta),
-            detected_format,
-        })
+        Self::from_open(file, Path::new(&what))
     }
 
     /// Which file this is (see [`FileIdentity`]), as it was when opened.
@@ -226,7 +225,7 @@ impl SourceFile {
             file,
             size: self.size,
             stamp: self.stamp,
-            detected_format: self.detected_format,
+            inspection: self.inspection.clone(),
         })
     }
 
@@ -256,12 +255,40 @@ impl SourceFile {
         Self::from_open(file, path)
     }
 
-    /// `qcow2` when the file starts with qcow2's magic (`QFI\xfb`), else `raw`,
-    /// as read when the file was opened (no I/O here: this runs on the async
-    /// workers). Glance inspects uploads against the declared format, so this
-    /// must be right.
+    /// The disk format its content says, as read when the file was opened (no
+    /// I/O here: this runs on the async workers); `raw` for a file
+    /// [`judge`](Self::judge) refuses.
     pub(crate) fn detect_disk_format(&self) -> DiskFormat {
-        self.detected_format
+        self.inspection
+            .as_ref()
+            .map_or(DiskFormat::Raw, |found| found.format)
+    }
+
+    /// The size of the disk the file holds (its header's word where its format
+    /// has one, else its length); `None` for a refused file.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for conversion's free-space check (issue 16 item 2)"
+        )
+    )]
+    pub(crate) fn virtual_size(&self) -> Option<u64> {
+        self.inspection
+            .as_ref()
+            .ok()
+            .map(|found| found.virtual_size)
+    }
+
+    /// The disk format to give Glance for a request's `disk_format` (`None`:
+    /// the detected one), or why the file is refused (`422 unsafe_image`).
+    pub(crate) fn judge(
+        &self,
+        declared: Option<DiskFormat>,
+        container: ContainerFormat,
+    ) -> Result<DiskFormat, UnsafeImage> {
+        let found = self.inspection.as_ref().map_err(Clone::clone)?;
+        format::judge(found, declared, container)
     }
 }
 
@@ -273,14 +300,6 @@ fn describe_descriptor(fd: &OwnedFd) -> String {
     match std::fs::read_link(&link) {
         Ok(target) => target.display().to_string(),
         Err(_) => format!("descriptor {}", fd.as_raw_fd()),
-    }
-}
-
-fn detect_disk_format(file: &File) -> DiskFormat {
-    let mut magic = [0u8; 4];
-    match file.read_at(&mut magic, 0) {
-        Ok(4) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
-        _ => DiskFormat::Raw,
     }
 }
 
@@ -349,11 +368,11 @@ mod tests {
     fn a_passed_descriptor_must_be_a_readable_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f.img");
-        std::fs::write(&f, b"QFI\xfb rest").unwrap();
+        std::fs::write(&f, b"RAW! rest").unwrap();
         let read = open_with(&f, std::fs::OpenOptions::new().read(true));
         let source = SourceFile::from_descriptor(read, 0).unwrap();
         assert_eq!(source.size, 9);
-        assert_eq!(source.detect_disk_format(), DiskFormat::Qcow2);
+        assert_eq!(source.detect_disk_format(), DiskFormat::Raw);
         assert!(source.path.ends_with("f.img"), "{}", source.path.display());
         let rw = open_with(&f, std::fs::OpenOptions::new().read(true).write(true));
         assert!(SourceFile::from_descriptor(rw, 0).is_ok());
@@ -407,19 +426,42 @@ mod tests {
     }
 
     #[test]
-    fn qcow2_is_detected_by_its_magic() {
+    fn the_file_is_judged_when_opened() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("q");
-        std::fs::write(&q, b"QFI\xfb\0\0\0\x03rest").unwrap();
-        assert_eq!(
-            SourceFile::open(&q).unwrap().detect_disk_format(),
-            DiskFormat::Qcow2
-        );
+        let status = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&q)
+            .arg("1M")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let source = SourceFile::open(&q).unwrap();
+        assert_eq!(source.detect_disk_format(), DiskFormat::Qcow2);
+        assert_eq!(source.virtual_size(), Some(1 << 20));
+        let bare = ContainerFormat::Bare;
+        assert_eq!(source.judge(None, bare), Ok(DiskFormat::Qcow2));
+        assert!(matches!(
+            source.judge(Some(DiskFormat::Raw), bare),
+            Err(UnsafeImage::Contradicts { .. })
+        ));
         let r = dir.path().join("r");
         std::fs::write(&r, b"QF").unwrap();
+        let source = SourceFile::open(&r).unwrap();
+        assert_eq!(source.detect_disk_format(), DiskFormat::Raw);
         assert_eq!(
-            SourceFile::open(&r).unwrap().detect_disk_format(),
-            DiskFormat::Raw
+            source.judge(Some(DiskFormat::Raw), bare),
+            Ok(DiskFormat::Raw)
         );
+        let cut = dir.path().join("cut");
+        std::fs::write(&cut, b"QFI\xfb\0\0\0\x03rest").unwrap();
+        let source = SourceFile::open(&cut).unwrap();
+        assert!(matches!(
+            source.judge(None, bare),
+            Err(UnsafeImage::Malformed {
+                format: "qcow2",
+                ..
+            })
+        ));
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! A reload changes the [`JobSettings`] in force ([`Jobs::replace_settings`]).
 
+mod interrupt;
 pub mod job;
 pub mod model;
 mod slots;

@@ -176,6 +176,9 @@ pub(crate) struct NewImage {
     pub(crate) disk_format: DiskFormat,
     pub(crate) container_format: ContainerFormat,
     pub(crate) visibility: Visibility,
+    /// Glance's tags: what a scheduler or an operator filters on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tags: Vec<String>,
     #[serde(flatten)]
     pub(crate) properties: BTreeMap<String, String>,
 }

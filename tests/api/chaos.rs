@@ -20,6 +20,52 @@ use super::served::{serve, Served};
 
 const NUM_REVISIONS: usize = 2;
 
+/// Where in the job the kill comes: a random point of each stage.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// At once: queued, or creating its images.
+    Start,
+    /// Once some of the data was sent.
+    Sending,
+    /// Verifying (Glance finishing, hashes compared).
+    Verifying,
+    /// Pruning the old revisions (the image is kept by then).
+    Pruning,
+    /// After the job ended.
+    Ended,
+}
+
+impl KillAt {
+    const ALL: [KillAt; 5] = [
+        KillAt::Start,
+        KillAt::Sending,
+        KillAt::Verifying,
+        KillAt::Pruning,
+        KillAt::Ended,
+    ];
+
+    /// Waits until the job got there (or ended, or 60 s passed).
+    async fn reached(self, d: &Served, job: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let record = job_of(d, job).await;
+            let state = record["state"].as_str().unwrap_or_default().to_string();
+            let ended = state == "succeeded" || state == "failed";
+            let there = match self {
+                KillAt::Start => true,
+                KillAt::Sending => record["bytes_sent"].as_u64() > Some(0),
+                KillAt::Verifying => state == "verifying",
+                KillAt::Pruning => state == "pruning",
+                KillAt::Ended => false,
+            };
+            if there || ended || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// What the test knows of one name in one cloud.
 #[derive(Default)]
 struct Name {
@@ -157,13 +203,13 @@ async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
     reaper_passed(&d, 1).await;
     let total = rounds();
     for round in 0..total {
-        let (app, fan_out, size, kill_after) = {
+        let (app, fan_out, size, kill_at) = {
             let mut rng = rand::rng();
             (
                 apps[rng.random_range(0..apps.len())].clone(),
                 rng.random_bool(0.5),
                 rng.random_range(256 * 1024..6 * 1024 * 1024),
-                Duration::from_millis(rng.random_range(0..2500)),
+                KillAt::ALL[rng.random_range(0..KillAt::ALL.len())],
             )
         };
         let file = write_raw_image(&d.upload_dir, &format!("round-{round}.img"), size);
@@ -188,13 +234,13 @@ async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
         let answer = d.send(submit(&d)).await;
         assert_eq!(answer.status, 202, "round {round}: {:?}", answer.body);
         let job = answer.body["job"].as_str().unwrap().to_string();
-        tokio::time::sleep(kill_after).await;
+        kill_at.reached(&d, &job).await;
+        d.kill();
         let passes = reaper_passes(&d);
-        d.kill_and_restart().await;
+        d.restart().await;
         starts += 1;
         let record = ended(&d, &job).await;
-        // One more than two: the killed process may have logged one after `passes`.
-        reaper_passed(&d, passes + 3).await;
+        reaper_passed(&d, passes + 2).await;
         for cloud in &targets {
             let known = names.get_mut(&(cloud.to_string(), app.clone())).unwrap();
             if complete_in(&record, cloud) {

@@ -13,6 +13,7 @@ mod fault_proxy;
 mod faults;
 mod fd_upload;
 mod file_changes;
+mod formats;
 mod foundation;
 mod helpers;
 mod images;

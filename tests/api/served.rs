@@ -125,8 +125,19 @@ impl Served {
     /// SIGKILL (a crash), then the same daemon again: same config, state dir
     /// and port; its log goes on in the same file.
     pub async fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart().await;
+    }
+
+    /// SIGKILL, and the process reaped.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The same daemon again after it exited or was killed: same config,
+    /// state dir and port; its log goes on in the same file.
+    pub async fn restart(&mut self) {
         self.child = spawn(&self.config_path, &self.log_path, &self.env);
         let token_file = self
             .dir

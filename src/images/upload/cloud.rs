@@ -162,6 +162,7 @@ impl<R: JobRequest> Upload<'_, R> {
             disk_format: request.disk_format.unwrap_or(self.detected_format),
             container_format: request.container_format,
             visibility: request.visibility,
+            tags: request.image_tags(),
             properties,
         }
     }
@@ -426,6 +427,11 @@ impl<R: JobRequest> Upload<'_, R> {
             unchanged,
             prune_incomplete: false,
             attempts: run.attempts,
+            format: self.detected_format.to_string(),
+            disk_format: image
+                .property("disk_format")
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 }

@@ -163,6 +163,12 @@ impl ImageService {
                 )))
             }
         };
+        source
+            .judge(request.disk_format, request.container_format)
+            .map_err(|reason| ImageError::Unsafe {
+                path: source.path.clone(),
+                reason,
+            })?;
         let sessions = match &request.targets {
             Targets::One(name) => vec![self.clouds.session(name.as_deref())?],
             Targets::Several(names) => names
