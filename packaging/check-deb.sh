@@ -73,6 +73,37 @@ dpkg-query -W -f='${Conffiles}\n' "$pkg" | grep -q "/etc/$pkg/config.yaml" || fa
 out=$(/usr/bin/$pkg --version)
 [[ $out == "$pkg $version" ]] || fail "--version printed: $out"
 echo "check-deb: /usr/bin/$pkg --version: $out"
+
+# The charm's settings in a drop-in: read after config.yaml (a bad value there
+# is refused naming the drop-in; a good one is the one in force: the CLI looks
+# for the token file it names), and kept, with no conffile prompt (stdin
+# closed: a prompt would fail dpkg), by a reinstall.
+dropin=/etc/$pkg/config.d/50-charm.yaml
+[[ -d /etc/$pkg/config.d ]] || fail "postinst did not make /etc/$pkg/config.d"
+printf 'max_concurrent_uploads: 0\n' >"$dropin"
+set +e; out=$(/usr/bin/$pkg status 2>&1); rc=$?; set -e
+[[ $rc != 0 && $out == *50-charm.yaml*max_concurrent_uploads* ]] || fail "a bad drop-in: exit $rc, $out"
+printf 'api_token_file: /nonexistent/check-deb-token\n' >"$dropin"
+set +e; out=$(/usr/bin/$pkg status 2>&1); rc=$?; set -e
+[[ $rc == 3 && $out == */nonexistent/check-deb-token* ]] || fail "the drop-in is not in force: exit $rc, $out"
+cp "$dropin" "$control/dropin.before"
+DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" </dev/null || fail "the reinstall over a charm's drop-in failed (a prompt?)"
+cmp -s "$dropin" "$control/dropin.before" || fail "the reinstall changed the charm's drop-in"
+cmp -s "/etc/$pkg/config.yaml" config/config.yaml || fail "the reinstall left config.yaml changed"
+# An upgrade whose packaged config.yaml changed (the case where dpkg asks about a
+# conffile the admin edited): the same package repacked as a later version with
+# a line added to config.yaml. The charm never edited the conffile, so the new
+# one is installed with no prompt, and the drop-in is kept.
+up=$(mktemp -d)
+dpkg-deb -R "$deb" "$up/pkg"
+sed -i "s/^Version: .*/&+upgrade/" "$up/pkg/DEBIAN/control"
+echo "# a later version's reference config" >>"$up/pkg/etc/$pkg/config.yaml"
+(cd "$up/pkg" && sed -i "/ etc\/$pkg\/config.yaml\$/d" DEBIAN/md5sums 2>/dev/null || true)
+dpkg-deb -b "$up/pkg" "$up/upgrade.deb" >/dev/null
+DEBIAN_FRONTEND=noninteractive dpkg -i "$up/upgrade.deb" </dev/null || fail "the upgrade over a charm's drop-in failed (a prompt?)"
+cmp -s "$dropin" "$control/dropin.before" || fail "the upgrade changed the charm's drop-in"
+cmp -s "/etc/$pkg/config.yaml" "$up/pkg/etc/$pkg/config.yaml" || fail "the upgrade did not install the new config.yaml"
+rm -rf "$up"
 dpkg --purge "$pkg"
 trap 'rm -rf "$control" "$root"' EXIT
 

@@ -15,6 +15,7 @@
 //! count), is an [`ConfigError::InvalidValue`] naming the key and the line,
 //! never a value that could panic later (tokio's semaphore, the clock).
 
+mod dropins;
 mod values;
 
 use std::fmt;
@@ -227,13 +228,28 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads and parses the config file at `path`.
+    /// Reads and parses the config file at `path`, then its drop-ins
+    /// (`config.d/*.yaml` beside it, see [`dropins`] for the merge rules).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
             cause,
         })?;
-        Config::from_yaml(&text, path)
+        let dropins = dropins::list(path)?;
+        if dropins.is_empty() {
+            return Config::from_yaml(&text, path);
+        }
+        dropins::layered(Some((path, &text)), &dropins)
+    }
+
+    /// The config at [`DEFAULT_CONFIG_PATH`] and its drop-ins; either may be
+    /// missing (every key has a default).
+    pub fn load_default() -> Result<Config, ConfigError> {
+        let path = Path::new(DEFAULT_CONFIG_PATH);
+        if path.exists() {
+            return Config::load(path);
+        }
+        dropins::layered(None, &dropins::list(path)?)
     }
 
     /// Parses a config document; `origin` is the file it came from, for messages.

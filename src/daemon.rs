@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::clouds::{CloudsError, CloudsFile};
 use crate::config::{Config, ConfigError, Listen};
 use crate::exit::{EXIT_DAEMON_ERROR, EXIT_OK};
+use crate::http::passed_fds::{ConnectionFds, FdListener};
 use crate::http::{router, AppState};
 use crate::images::{ImageService, ImageSettings};
 use crate::jobs::{JobRequest, JobSettings, Jobs, JobsError, Recovery};
@@ -341,7 +342,13 @@ async fn serve_until(
 ) -> std::io::Result<()> {
     match listener {
         Listener::Tcp(l) => axum::serve(l, routes).with_graceful_shutdown(done).await,
-        Listener::Unix(l, _) => axum::serve(l, routes).with_graceful_shutdown(done).await,
+        // Over the unix socket, a request may come with descriptors (`src_fd`).
+        Listener::Unix(l, _) => {
+            let routes = routes.into_make_service_with_connect_info::<ConnectionFds>();
+            axum::serve(FdListener::new(l), routes)
+                .with_graceful_shutdown(done)
+                .await
+        }
     }
 }
 

@@ -142,8 +142,16 @@ pub(crate) struct UploadFields {
     /// How many active revisions to keep, the new one included (at least 1).
     pub(crate) num_revisions: u32,
     /// The image file; must resolve inside one of the daemon's `upload_dirs`.
-    #[schema(value_type = String)]
-    pub(crate) src_path: PathBuf,
+    /// Exactly one of `src_path` and `src_fd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, nullable = false)]
+    pub(crate) src_path: Option<PathBuf>,
+    /// Over the unix socket only: the image file as a descriptor sent with the
+    /// request (`SCM_RIGHTS` on its first bytes), counted from 0; an open,
+    /// readable, regular file, wherever it is (0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0)]
+    pub(crate) src_fd: Option<u32>,
     /// The cloud (default: the daemon's default cloud). Not with `clouds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

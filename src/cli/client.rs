@@ -16,6 +16,9 @@ pub(crate) struct ApiClient {
     http: reqwest::Client,
     base: String,
     token: Secret,
+    /// The daemon's unix socket, when it listens on one (a descriptor can
+    /// then be passed: [`ApiClient::post_with_fd`]).
+    unix: Option<std::path::PathBuf>,
 }
 
 /// A failed client call, already sorted by exit code.
@@ -78,7 +81,16 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        Ok(ApiClient { http, base, token })
+        let unix = match &config.listen {
+            Listen::Unix(path) => Some(path.clone()),
+            Listen::Tcp(_) => None,
+        };
+        Ok(ApiClient {
+            http,
+            base,
+            token,
+            unix,
+        })
     }
 
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -99,30 +111,46 @@ impl ApiClient {
                 crate::openstack::error_chain(&e)
             ))
         })?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let text = response
             .text()
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| ClientError::Daemon {
-                status: status.as_u16(),
-                code: "invalid_answer".to_string(),
-                message: format!("the daemon's answer is not what this CLI expects: {e}: {text}"),
-            });
-        }
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => ClientError::Daemon {
-                status: status.as_u16(),
-                code: body.error.code,
-                message: body.error.message,
-            },
-            Err(_) => ClientError::Daemon {
-                status: status.as_u16(),
-                code: "http_error".to_string(),
-                message: text,
-            },
-        })
+        read_answer(status, text)
+    }
+
+    /// Whether the daemon listens on a unix socket (descriptors can be passed).
+    pub(crate) fn is_unix(&self) -> bool {
+        self.unix.is_some()
+    }
+
+    /// `POST path_and_query` with a JSON `body` and `file`'s descriptor passed
+    /// with it (the body's `src_fd: 0`); unix socket only.
+    pub(crate) async fn post_with_fd<T: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+        file: &std::fs::File,
+    ) -> Result<T, ClientError> {
+        let Some(socket) = &self.unix else {
+            return Err(ClientError::Unreachable(
+                "a descriptor can only be passed over the daemon's unix socket".to_string(),
+            ));
+        };
+        let mut headers = headers;
+        headers.push(("authorization", format!("Bearer {}", self.token.expose())));
+        let request = super::fd_client::FdRequest {
+            socket,
+            path_and_query,
+            headers,
+            body,
+            file,
+        };
+        let (status, text) = super::fd_client::post(request, Duration::from_secs(120))
+            .await
+            .map_err(|e| ClientError::Unreachable(format!("unix:{}: {e}", socket.display())))?;
+        read_answer(status, text)
     }
 
     pub(crate) async fn get<T: DeserializeOwned>(
@@ -137,4 +165,28 @@ impl ApiClient {
         )
         .await
     }
+}
+
+/// An answer's status and text: a success read as `T`, an error as the API's
+/// error body.
+fn read_answer<T: DeserializeOwned>(status: u16, text: String) -> Result<T, ClientError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_str(&text).map_err(|e| ClientError::Daemon {
+            status,
+            code: "invalid_answer".to_string(),
+            message: format!("the daemon's answer is not what this CLI expects: {e}: {text}"),
+        });
+    }
+    Err(match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => ClientError::Daemon {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Daemon {
+            status,
+            code: "http_error".to_string(),
+            message: text,
+        },
+    })
 }

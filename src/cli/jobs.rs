@@ -25,6 +25,25 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
     };
     // The daemon resolves paths on its own; a relative one means the caller's cwd.
     let src_path = std::path::absolute(&args.src_path).unwrap_or(args.src_path.clone());
+    // A file the daemon may not open (outside upload_dirs) is opened here and
+    // passed as a descriptor, when the daemon listens on a unix socket.
+    let passed = if client.is_unix()
+        && super::fd_client::outside_upload_dirs(&src_path, &config.upload_dirs)
+    {
+        match super::fd_client::open_for_passing(&src_path) {
+            Ok(file) => Some(file),
+            Err(err) => {
+                eprintln!(
+                    "error: cannot open {} (outside upload_dirs, so the CLI passes it \
+                     to the daemon open): {err}",
+                    src_path.display()
+                );
+                return EXIT_DAEMON_ERROR;
+            }
+        }
+    } else {
+        None
+    };
     let (cloud, clouds) = match args.family.targets() {
         super::CloudTargets::One(cloud) => (cloud, None),
         super::CloudTargets::Several(clouds) => (None, Some(clouds)),
@@ -34,7 +53,8 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
         app_name: args.family.app_name,
         arch: args.family.arch,
         num_revisions: args.num_revisions,
-        src_path,
+        src_path: passed.is_none().then_some(src_path),
+        src_fd: passed.is_some().then_some(0),
         cloud,
         clouds,
         skip_unchanged: args.skip_unchanged,
@@ -50,7 +70,7 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
     let key = args
         .idempotency_key
         .unwrap_or_else(|| format!("cli-{}", crate::secret::random_hex(16)));
-    let job = match submit(&client, &fields, &key).await {
+    let job = match submit(&client, &fields, &key, passed.as_ref()).await {
         Ok(job) => job,
         Err(e) => return e.report(),
     };
@@ -65,21 +85,38 @@ pub(crate) async fn upload(config: &Config, args: UploadArgs) -> i32 {
     finish(follow(&client, job).await)
 }
 
-/// `POST /v1/images?wait=false`, sent a second time (same key) when the first
-/// answer was lost on the way.
-async fn submit(client: &ApiClient, fields: &UploadFields, key: &str) -> Result<Job, ClientError> {
-    let post = || {
+/// `POST /v1/images?wait=false` (with `passed`'s descriptor, when given), sent a
+/// second time (same key) when the first answer was lost on the way.
+async fn submit(
+    client: &ApiClient,
+    fields: &UploadFields,
+    key: &str,
+    passed: Option<&std::fs::File>,
+) -> Result<Job, ClientError> {
+    let post = || async {
+        let Some(file) = passed else {
+            let request = client
+                .request(reqwest::Method::POST, "/v1/images")
+                .query(&[("wait", "false")])
+                .header("idempotency-key", key)
+                .timeout(Duration::from_secs(120))
+                .json(fields);
+            return client.send(request).await;
+        };
+        let body = serde_json::to_vec(fields).map_err(|e| ClientError::Daemon {
+            status: 0,
+            code: "invalid_request".to_string(),
+            message: e.to_string(),
+        })?;
+        let headers = vec![("idempotency-key", key.to_string())];
         client
-            .request(reqwest::Method::POST, "/v1/images")
-            .query(&[("wait", "false")])
-            .header("idempotency-key", key)
-            .timeout(Duration::from_secs(120))
-            .json(fields)
+            .post_with_fd("/v1/images?wait=false", headers, body, file)
+            .await
     };
-    match client.send(post()).await {
+    match post().await {
         Err(ClientError::Unreachable(first)) => {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            client.send(post()).await.map_err(|e| match e {
+            post().await.map_err(|e| match e {
                 ClientError::Unreachable(_) => ClientError::Unreachable(first),
                 other => other,
             })

@@ -8,6 +8,7 @@
 //! unreachable. Results go to stdout, progress and errors to stderr.
 
 mod client;
+mod fd_client;
 mod jobs;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{CloudLatest, Latest, LatestResults, Status};
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError};
 use crate::exit::{EXIT_DAEMON_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 use client::ApiClient;
 
@@ -113,7 +114,8 @@ pub(crate) struct UploadArgs {
     /// How many active revisions to keep, the new one included.
     #[arg(long)]
     pub(crate) num_revisions: u32,
-    /// The image file (inside one of the daemon's upload_dirs).
+    /// The image file: inside one of the daemon's upload_dirs, or, when the
+    /// daemon listens on a unix socket, any file you can read (passed open).
     #[arg(long)]
     pub(crate) src_path: PathBuf,
     /// qcow2, raw, ... (default: detected).
@@ -190,14 +192,7 @@ pub fn main() -> i32 {
 fn load_config(explicit: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match explicit {
         Some(path) => Config::load(path),
-        None => {
-            let path = PathBuf::from(DEFAULT_CONFIG_PATH);
-            if path.exists() {
-                Config::load(&path)
-            } else {
-                Ok(Config::default())
-            }
-        }
+        None => Config::load_default(),
     }
 }
 

@@ -35,11 +35,11 @@
 //! `allow_non_loopback` (it only qualifies `listen`), and `state_dir` (it holds
 //! the daemon id and the job records opened at start-up).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{image_settings, job_settings, App, ConfigSource};
 use crate::clouds::{CloudsError, CloudsFile};
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError};
 use crate::openstack::registry::reload::StagedClouds;
 use crate::openstack::registry::{RegistryError, RegistrySettings};
 use crate::runtime::{existing_api_token, resolve_upload_dirs, RuntimeError};
@@ -227,14 +227,7 @@ fn apply(
 fn read_config(source: &ConfigSource) -> Result<Config, ConfigError> {
     match &source.explicit {
         Some(path) => Config::load(path),
-        None => {
-            let path = Path::new(DEFAULT_CONFIG_PATH);
-            if path.exists() {
-                Config::load(path)
-            } else {
-                Ok(Config::default())
-            }
-        }
+        None => Config::load_default(),
     }
 }
 

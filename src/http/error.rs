@@ -231,10 +231,14 @@ impl From<&ImageError> for ApiError {
             ImageError::Source(SourceError::NotAllowed { .. }) => {
                 Self::new(StatusCode::FORBIDDEN, "path_not_allowed", message)
             }
-            ImageError::Source(SourceError::NotAbsolute(_)) => Self::invalid_request(message),
-            ImageError::Source(SourceError::NotFound { .. } | SourceError::Read { .. }) => {
-                Self::new(StatusCode::BAD_REQUEST, "file_not_found", message)
-            }
+            ImageError::Source(
+                SourceError::NotAbsolute(_) | SourceError::DescriptorNotReadable { .. },
+            ) => Self::invalid_request(message),
+            ImageError::Source(
+                SourceError::NotFound { .. }
+                | SourceError::Read { .. }
+                | SourceError::DescriptorNotFile { .. },
+            ) => Self::new(StatusCode::BAD_REQUEST, "file_not_found", message),
             ImageError::Source(SourceError::Abandoned)
             | ImageError::Verification { .. }
             | ImageError::Stalled { .. }

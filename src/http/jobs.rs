@@ -9,23 +9,40 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde::Deserialize;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::passed_fds::ReceivedFds;
 use super::AppState;
 use crate::api::{
     CloudUpload, ErrorBody, Job, JobList, UploadAnswer, UploadFields, UploadResults,
     UploadResultsError,
 };
+use crate::images::request::Src;
+use crate::images::source::{FileIdentity, SourceFile};
 use crate::images::{CloudOutcome, ImageError, ImageService, PreparedUpload, UploadRequest};
 use crate::jobs::{IdempotencyKey, JobHandle, JobId, JobState, JobTask, Jobs, NewJob};
 
 /// The daemon's jobs: every upload is one.
-pub(crate) type UploadJobs = Jobs<UploadFields>;
+pub(crate) type UploadJobs = Jobs<UploadJobRequest>;
+
+/// What a job records of its request: the fields as sent and, for a `src_fd`
+/// upload, which file the descriptor was. A retry passes another descriptor; it
+/// is the same request when it is the same file, unchanged (same device,
+/// inode, size and modification time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct UploadJobRequest {
+    /// The fields as the client sent them (what `GET /v1/jobs` shows).
+    #[serde(flatten)]
+    fields: UploadFields,
+    /// The passed file (`src_fd` uploads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    src_file: Option<FileIdentity>,
+}
 
 /// The query of `POST /v1/images`.
 #[derive(Deserialize, IntoParams)]
@@ -60,6 +77,7 @@ pub(crate) struct UploadParams {
         (status = 503, body = ErrorBody, description = "not_ready, shutting_down, interrupted")))]
 pub(crate) async fn upload(
     State(state): State<AppState>,
+    Extension(received): Extension<ReceivedFds>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<UploadParams>,
     ApiJson(fields): ApiJson<UploadFields>,
@@ -68,6 +86,13 @@ pub(crate) async fn upload(
     let key = idempotency_key(&headers)?;
     let request = UploadRequest::parse(fields.clone())
         .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    let passed = open_passed(&state.images, &request.src, &received).await?;
+    let src_file = passed
+        .as_ref()
+        .map(SourceFile::identity)
+        .transpose()
+        .map_err(ImageError::from)?;
+    let fields = UploadJobRequest { fields, src_file };
     // Identical requests arriving together take turns under their key: the
     // second finds the first's job.
     let _turn = match &key {
@@ -83,7 +108,7 @@ pub(crate) async fn upload(
     state.jobs.check_room()?;
     let id = JobId::random();
     let upload_id = request_id(&headers).unwrap_or_else(|| id.to_string());
-    let prepared = match state.images.prepare(request, &upload_id).await {
+    let prepared = match state.images.prepare(request, passed, &upload_id).await {
         Ok(prepared) => prepared,
         Err(err @ ImageError::UploadIdInUse(_)) => {
             // The same request sent twice at once under one key: the other one won.
@@ -127,11 +152,27 @@ pub(crate) async fn upload(
     Ok(answer(&submitted.handle, wait, created).await)
 }
 
+/// The file of a `src_fd` request: its descriptor taken from those the
+/// request came with, and checked; `None` for a `src_path` request.
+async fn open_passed(
+    images: &ImageService,
+    src: &Src,
+    received: &ReceivedFds,
+) -> Result<Option<SourceFile>, ApiError> {
+    let Src::Descriptor(index) = *src else {
+        return Ok(None);
+    };
+    let fd = received
+        .take(index)
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    Ok(Some(images.open_passed(fd, index).await?))
+}
+
 fn retried_job(
     jobs: &UploadJobs,
     key: Option<&IdempotencyKey>,
-    fields: &UploadFields,
-) -> Result<Option<JobHandle<UploadFields>>, ApiError> {
+    fields: &UploadJobRequest,
+) -> Result<Option<JobHandle<UploadJobRequest>>, ApiError> {
     match key {
         Some(key) => Ok(jobs.find_by_key(key, fields)?),
         None => Ok(None),
@@ -166,7 +207,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 /// `202` while it runs or when it was just made, `200` when a retry finds it
 /// ended), or once it ended (`201` with the upload's answer, or its error; for
 /// a job of several clouds, with every cloud's result).
-async fn answer(handle: &JobHandle<UploadFields>, wait: bool, created: bool) -> Response {
+async fn answer(handle: &JobHandle<UploadJobRequest>, wait: bool, created: bool) -> Response {
     if !wait {
         let job = wire_job(handle);
         let status = if created || !job.state.is_terminal() {
@@ -208,7 +249,7 @@ async fn answer(handle: &JobHandle<UploadFields>, wait: bool, created: bool) -> 
     }
 }
 
-fn lost_answer(record: &crate::jobs::JobRecord<UploadFields>) -> Response {
+fn lost_answer(record: &crate::jobs::JobRecord<UploadJobRequest>) -> Response {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal_error",
@@ -217,12 +258,16 @@ fn lost_answer(record: &crate::jobs::JobRecord<UploadFields>) -> Response {
     .into_response()
 }
 
-fn wire_job(handle: &JobHandle<UploadFields>) -> Job {
-    Job::new(handle.record(), handle.outcome())
+fn wire_job(handle: &JobHandle<UploadJobRequest>) -> Job {
+    Job::new(handle.record().map_request(|r| r.fields), handle.outcome())
 }
 
 /// The job's task: the upload, then its answer or its error in the job.
-async fn run_job(images: Arc<ImageService>, prepared: PreparedUpload, task: JobTask<UploadFields>) {
+async fn run_job(
+    images: Arc<ImageService>,
+    prepared: PreparedUpload,
+    task: JobTask<UploadJobRequest>,
+) {
     let job = task.id();
     let per_cloud = prepared.per_cloud();
     let started = std::time::Instant::now();

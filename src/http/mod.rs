@@ -15,6 +15,7 @@ pub(crate) mod extract;
 mod handlers;
 pub(crate) mod jobs;
 mod metrics;
+pub(crate) mod passed_fds;
 
 use std::sync::{Arc, OnceLock};
 
@@ -94,6 +95,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(passed_fds::take_for_request))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

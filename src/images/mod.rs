@@ -308,6 +308,19 @@ impl ImageService {
             .map_err(ImageError::from)
     }
 
+    /// The file of a `src_fd` request: the descriptor `index` the client passed,
+    /// checked to be a readable, regular file (on a blocking thread: `fstat`).
+    pub(crate) async fn open_passed(
+        &self,
+        fd: std::os::fd::OwnedFd,
+        index: u32,
+    ) -> Result<SourceFile, ImageError> {
+        tokio::task::spawn_blocking(move || SourceFile::from_descriptor(fd, index))
+            .await
+            .map_err(|e| ImageError::Internal(format!("checking src_fd: {e}")))?
+            .map_err(ImageError::from)
+    }
+
     /// Retires old revisions of `name` by [`prune::plan_prune`]: deletes them,
     /// or hides them with `retire: hide`. Failures do not fail the upload (it
     /// succeeded); they are reported and logged (a 409, an image in use, is

@@ -106,12 +106,39 @@ impl Targets {
     }
 }
 
+/// Where the image file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// `src_path`: judged against `upload_dirs`, then opened.
+    Path(PathBuf),
+    /// `src_fd`: the descriptor of this index among those sent with the request
+    /// (unix socket only); the caller opened the file.
+    Descriptor(u32),
+}
+
+impl Src {
+    fn parse(path: Option<PathBuf>, fd: Option<u32>) -> Result<Src, FieldError> {
+        match (path, fd) {
+            (Some(path), None) => Ok(Src::Path(path)),
+            (None, Some(index)) => Ok(Src::Descriptor(index)),
+            (Some(_), Some(_)) => Err(FieldError::new(
+                "src_fd",
+                "give either 'src_path' or 'src_fd', not both",
+            )),
+            (None, None) => Err(FieldError::new(
+                "src_path",
+                "missing: give 'src_path' (or 'src_fd', a descriptor sent over the unix socket)",
+            )),
+        }
+    }
+}
+
 /// A validated upload request.
 #[derive(Debug, Clone)]
 pub(crate) struct UploadRequest {
     pub(crate) family: ImageFamily,
     pub(crate) num_revisions: u32,
-    pub(crate) src_path: PathBuf,
+    pub(crate) src: Src,
     pub(crate) targets: Targets,
     /// Upload only where the newest image of the name holds other bytes.
     pub(crate) skip_unchanged: bool,
@@ -143,10 +170,11 @@ impl UploadRequest {
         }
         check_tags(&fields.tags)?;
         let targets = Targets::parse(fields.cloud, fields.clouds)?;
+        let src = Src::parse(fields.src_path, fields.src_fd)?;
         Ok(UploadRequest {
             family,
             num_revisions: fields.num_revisions,
-            src_path: fields.src_path,
+            src,
             targets,
             skip_unchanged: fields.skip_unchanged,
             disk_format,
@@ -386,6 +414,25 @@ mod tests {
         let mut f = fields();
         f.visibility = Some("everyone".into());
         assert_eq!(UploadRequest::parse(f).unwrap_err().field, "visibility");
+    }
+
+    #[test]
+    fn the_file_is_a_path_or_a_descriptor_never_both_nor_neither() {
+        let parse = |path: Option<&str>, fd: Option<u32>| {
+            let mut f = fields();
+            f.src_path = path.map(PathBuf::from);
+            f.src_fd = fd;
+            UploadRequest::parse(f).map(|r| r.src)
+        };
+        assert_eq!(
+            parse(Some("/a"), None).unwrap(),
+            Src::Path(PathBuf::from("/a"))
+        );
+        assert_eq!(parse(None, Some(0)).unwrap(), Src::Descriptor(0));
+        let both = parse(Some("/a"), Some(0)).unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let neither = parse(None, None).unwrap_err();
+        assert_eq!(neither.field, "src_path");
     }
 
     #[test]

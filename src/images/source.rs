@@ -3,6 +3,7 @@
 //! Glance may report of it. Reading it is [`upload::reader`](super::upload::reader).
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 #[cfg(test)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,34 @@ pub(crate) enum SourceError {
     /// The HTTP client stopped taking data (the upload failed on its side).
     #[error("the upload stopped taking data")]
     Abandoned,
+    /// A passed descriptor (`src_fd`) that is not a regular file.
+    #[error("src_fd {index} ({what}) is not a regular file: it is {kind}")]
+    DescriptorNotFile {
+        index: u32,
+        what: String,
+        kind: &'static str,
+    },
+    /// A passed descriptor (`src_fd`) that cannot be read.
+    #[error("src_fd {index} ({what}) is not open for reading: {reason}")]
+    DescriptorNotReadable {
+        index: u32,
+        what: String,
+        reason: String,
+    },
+}
+
+/// Which file a passed descriptor is: a retry that passes another descriptor of
+/// the same, unchanged file is the same request (its job's idempotency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FileIdentity {
+    /// The filesystem's device.
+    dev: u64,
+    /// The file on it.
+    ino: u64,
+    /// Its size: a file written since is another request.
+    size: u64,
+    /// Its modification time (seconds, nanoseconds), for the same reason.
+    mtime: (i64, i64),
 }
 
 /// An open, regular image file.
@@ -129,6 +158,60 @@ impl SourceFile {
         })
     }
 
+    /// A descriptor a client passed (`src_fd` number `index`): it must be
+    /// open for reading (`O_RDONLY` or `O_RDWR`, not `O_PATH`) and a regular
+    /// file. No upload dir applies: the client could open it, and hands over
+    /// only that. Blocking (`fstat`): call it off the async worker threads.
+    pub(crate) fn from_descriptor(fd: OwnedFd, index: u32) -> Result<SourceFile, SourceError> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let what = describe_descriptor(&fd);
+        let not_readable = |reason: String| SourceError::DescriptorNotReadable {
+            index,
+            what: what.clone(),
+            reason,
+        };
+        let flags = fcntl(&fd, FcntlArg::F_GETFL)
+            .map(OFlag::from_bits_retain)
+            .map_err(|e| not_readable(format!("fcntl: {e}")))?;
+        if flags.contains(OFlag::O_PATH) {
+            return Err(not_readable(
+                "it was opened with O_PATH; open the file with O_RDONLY".to_string(),
+            ));
+        }
+        if flags & OFlag::O_ACCMODE == OFlag::O_WRONLY {
+            return Err(not_readable(
+                "it is open write-only; open the file with O_RDONLY".to_string(),
+            ));
+        }
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| not_readable(format!("fstat: {e}")))?;
+        if !meta.file_type().is_file() {
+            return Err(SourceError::DescriptorNotFile {
+                index,
+                what,
+                kind: kind(&meta),
+            });
+        }
+        Self::from_open(file, Path::new(&what))
+    }
+
+    /// Which file this is (see [`FileIdentity`]), as it was when opened.
+    pub(crate) fn identity(&self) -> Result<FileIdentity, SourceError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata().map_err(|e| SourceError::Read {
+            path: self.path.clone(),
+            reason: format!("fstat: {e}"),
+        })?;
+        Ok(FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: self.size,
+            mtime: self.stamp.modified,
+        })
+    }
+
     /// A second handle on the same open file (same size, stamp and format),
     /// for reading it again once the current read is over: the two share
     /// their offset, so read one at a time ([`SourceFile::duplicate_at_start`]).
@@ -209,6 +292,17 @@ impl SourceFile {
     }
 }
 
+/// A passed descriptor in messages and logs: where `/proc` says it leads (the
+/// caller's own file), or its number here.
+fn describe_descriptor(fd: &OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match std::fs::read_link(&link) {
+        Ok(target) => target.display().to_string(),
+        Err(_) => format!("descriptor {}", fd.as_raw_fd()),
+    }
+}
+
 fn kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
@@ -265,6 +359,71 @@ impl HashAlgo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open_with(path: &Path, options: &mut std::fs::OpenOptions) -> OwnedFd {
+        options.open(path).unwrap().into()
+    }
+
+    #[test]
+    fn a_passed_descriptor_must_be_a_readable_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.img");
+        std::fs::write(&f, b"RAW! rest").unwrap();
+        let read = open_with(&f, std::fs::OpenOptions::new().read(true));
+        let source = SourceFile::from_descriptor(read, 0).unwrap();
+        assert_eq!(source.size, 9);
+        assert_eq!(source.detect_disk_format(), DiskFormat::Raw);
+        assert!(source.path.ends_with("f.img"), "{}", source.path.display());
+        let rw = open_with(&f, std::fs::OpenOptions::new().read(true).write(true));
+        assert!(SourceFile::from_descriptor(rw, 0).is_ok());
+
+        let write_only = open_with(&f, std::fs::OpenOptions::new().write(true));
+        let err = SourceFile::from_descriptor(write_only, 1).unwrap_err();
+        assert!(matches!(
+            err,
+            SourceError::DescriptorNotReadable { index: 1, .. }
+        ));
+        assert!(err.to_string().contains("write-only"), "{err}");
+
+        let o_path = open_with(
+            &f,
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH),
+        );
+        let err = SourceFile::from_descriptor(o_path, 0).unwrap_err();
+        assert!(err.to_string().contains("O_PATH"), "{err}");
+
+        let a_dir = open_with(dir.path(), std::fs::OpenOptions::new().read(true));
+        let err = SourceFile::from_descriptor(a_dir, 2).unwrap_err();
+        assert!(matches!(
+            err,
+            SourceError::DescriptorNotFile { index: 2, .. }
+        ));
+        assert!(err.to_string().contains("a directory"), "{err}");
+
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let err = SourceFile::from_descriptor(sock.into(), 0).unwrap_err();
+        assert!(err.to_string().contains("a socket"), "{err}");
+    }
+
+    #[test]
+    fn two_descriptors_of_one_unchanged_file_are_one_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.img");
+        std::fs::write(&f, b"one").unwrap();
+        let open = || {
+            let fd = open_with(&f, std::fs::OpenOptions::new().read(true));
+            SourceFile::from_descriptor(fd, 0)
+                .unwrap()
+                .identity()
+                .unwrap()
+        };
+        let first = open();
+        assert_eq!(open(), first);
+        std::fs::write(&f, b"other bytes").unwrap();
+        assert_ne!(open(), first, "a written file is another request");
+    }
 
     #[test]
     fn the_file_is_judged_when_opened() {

@@ -195,6 +195,25 @@ pub struct JobRecord<R> {
     pub clouds: Option<BTreeMap<String, CloudProgress>>,
 }
 
+impl<R> JobRecord<R> {
+    /// The same record, its request as `view` sees it (a record's request may
+    /// hold more than the wire shows).
+    pub fn map_request<S>(self, view: impl FnOnce(R) -> S) -> JobRecord<S> {
+        JobRecord {
+            job: self.job,
+            state: self.state,
+            bytes_sent: self.bytes_sent,
+            bytes_total: self.bytes_total,
+            image_id: self.image_id,
+            error: self.error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            request: view(self.request),
+            clouds: self.clouds,
+        }
+    }
+}
+
 /// An image a job created, so that a restart can delete what an interrupted job left.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedImage {

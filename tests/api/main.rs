@@ -11,6 +11,7 @@ mod credentials;
 mod fanout;
 mod fault_proxy;
 mod faults;
+mod fd_upload;
 mod file_changes;
 mod formats;
 mod foundation;

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::names::ImageName;
 use super::progress::UploadReservation;
-use super::request::{Targets, UploadRequest};
+use super::request::{Src, Targets, UploadRequest};
 use super::source::SourceFile;
 use super::{ImageError, ImageService, ImageSettings, UploadOutcome};
 use crate::jobs::{JobFailure, JobRequest, JobState, JobTask};
@@ -154,17 +154,27 @@ impl ImageService {
     /// Checks what can be checked before an upload becomes a job: where the file
     /// is (first: `path_not_allowed`), that it is a regular file, the clouds,
     /// that several clouds do not reach one Glance project, and that `upload_id`
-    /// (an `X-Request-Id`) is not used by an upload under way.
+    /// (an `X-Request-Id`) is not used by an upload under way. `passed` is the
+    /// file of a `src_fd` request, already checked ([`ImageService::open_passed`]).
     pub(crate) async fn prepare(
         &self,
         request: UploadRequest,
+        passed: Option<SourceFile>,
         upload_id: &str,
     ) -> Result<PreparedUpload, ImageError> {
-        let source = self.open_source(&request.src_path).await?;
+        let source = match (passed, &request.src) {
+            (Some(source), Src::Descriptor(_)) => source,
+            (None, Src::Path(path)) => self.open_source(path).await?,
+            (_, src) => {
+                return Err(ImageError::Internal(format!(
+                    "the upload's file does not match its request ({src:?})"
+                )))
+            }
+        };
         source
             .judge(request.disk_format, request.container_format)
             .map_err(|reason| ImageError::Unsafe {
-                path: request.src_path.clone(),
+                path: source.path.clone(),
                 reason,
             })?;
         let sessions = match &request.targets {

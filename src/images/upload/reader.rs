@@ -12,7 +12,7 @@
 //! sink's body fails, so no cloud gets a complete body of torn bytes.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -333,7 +333,7 @@ impl<'a> Blocks<'a> {
         if self.total >= size {
             self.ended = true;
             let mut probe = [0u8; 1];
-            if read_full(&mut self.source.file, &mut probe)
+            if read_full_at(&self.source.file, &mut probe, size)
                 .map_err(|e| self.error(e.to_string()))?
                 > 0
             {
@@ -345,8 +345,8 @@ impl<'a> Blocks<'a> {
         }
         let want = READ_BLOCK.min((size - self.total) as usize);
         let mut buf = BytesMut::zeroed(want);
-        let n =
-            read_full(&mut self.source.file, &mut buf).map_err(|e| self.error(e.to_string()))?;
+        let n = read_full_at(&self.source.file, &mut buf, self.total)
+            .map_err(|e| self.error(e.to_string()))?;
         if n == 0 {
             return Err(self.error(format!(
                 "the file shrank during the upload: {} of {size} bytes read",
@@ -369,11 +369,13 @@ impl<'a> Blocks<'a> {
     }
 }
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads from `offset` until `buf` is full or the file ends. Positional reads
+/// (`pread`): a descriptor a client passed (`src_fd`) shares its offset with the
+/// client, who may move it while the daemon reads, or hand it over mid-file.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
