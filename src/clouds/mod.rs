@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
+use crate::openstack::glance::DiskFormat;
+
 pub use auth::{AppCredential, Auth, DomainRef, ProjectRef, Scope, UserRef};
 
 /// Everything that can go wrong reading clouds.yaml.
@@ -182,6 +184,10 @@ pub struct CloudConfig {
     pub image_endpoint_override: Option<Url>,
     /// How to check the servers' certificates and whether to present one.
     pub tls: TlsSettings,
+    /// `image_format` (openstacksdk's key): the disk format the cloud wants
+    /// (`raw` on Ceph-backed clouds); a file of another format is converted
+    /// before upload. `None`: the file's own format.
+    pub(crate) image_format: Option<DiskFormat>,
 }
 
 /// TLS settings of a cloud (`verify`, `cacert`, `cert`, `key`).

@@ -61,6 +61,9 @@ pub(crate) struct ImageSettings {
     pub(crate) upload_attempts: u32,
     /// `upload_retry_backoff`: the wait before the second try, doubled each try.
     pub(crate) upload_retry_backoff: Duration,
+    /// `state_dir`: conversions for a cloud's `image_format` write under its
+    /// `staging` directory.
+    pub(crate) state_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
