@@ -34,16 +34,17 @@ use crate::openstack::glance::{ContainerFormat, DiskFormat};
 use crate::openstack::session::Session;
 
 /// The disk format `cloud` gets for a file whose own (judged) format is
-/// `file`: its `image_format` when the file is (or can be made) of it.
+/// `file`: its `image_format` (`wanted`) when the file is (or can be made) of it.
 /// Not converted: a file of a container other than `bare` (its content is
 /// not a disk), and an ISO for a raw cloud (its bytes are raw already, and
 /// only as `iso` does Nova boot it as a CD-ROM).
-pub(super) fn format_for(
-    cloud: &Session,
+fn format_for(
+    cloud: &str,
+    wanted: Option<DiskFormat>,
     file: DiskFormat,
     container: ContainerFormat,
 ) -> Result<DiskFormat, ConvertError> {
-    let Some(wanted) = cloud.cloud().image_format else {
+    let Some(wanted) = wanted else {
         return Ok(file);
     };
     let as_is = wanted == file
@@ -55,7 +56,7 @@ pub(super) fn format_for(
         Ok(DiskFormat::Raw)
     } else {
         Err(ConvertError::NoConversion {
-            cloud: cloud.name().to_string(),
+            cloud: cloud.to_string(),
             from: file,
             to: wanted,
         })
@@ -78,14 +79,16 @@ pub(super) fn plan(
     let mut space: Option<Result<(), ConvertError>> = None;
     let mut formats = Vec::with_capacity(clouds.len());
     for (session, refused) in clouds.iter_mut() {
-        let format = format_for(session, file_format, container).and_then(|format| {
-            if format != file_format {
-                space
-                    .get_or_insert_with(|| convert::check_space(state_dir, virtual_size))
-                    .clone()?;
-            }
-            Ok(format)
-        });
+        let wanted = session.cloud().image_format;
+        let format =
+            format_for(session.name(), wanted, file_format, container).and_then(|format| {
+                if format != file_format {
+                    space
+                        .get_or_insert_with(|| convert::check_space(state_dir, virtual_size))
+                        .clone()?;
+                }
+                Ok(format)
+            });
         match format {
             Ok(format) => formats.push(format),
             Err(err) if one => return Err(ImageError::Convert(err)),
@@ -321,5 +324,39 @@ impl<R: JobRequest> Upload<'_, R> {
         ))
         .await;
         verified.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DiskFormat::{Iso, Qcow2, Raw, Vhd, Vhdx, Vmdk};
+
+    #[test]
+    fn each_cloud_gets_its_format_when_the_file_can_become_it() {
+        let bare = ContainerFormat::Bare;
+        let get = |wanted, file| format_for("c", wanted, file, bare);
+        // No image_format, or the file's own: as is.
+        assert_eq!(get(None, Qcow2).unwrap(), Qcow2);
+        assert_eq!(get(Some(Qcow2), Qcow2).unwrap(), Qcow2);
+        // raw from every format qemu-img converts.
+        for file in [Qcow2, Vmdk, Vhd, Vhdx, DiskFormat::Vdi] {
+            assert_eq!(get(Some(Raw), file).unwrap(), Raw, "{file}");
+        }
+        // An ISO stays an ISO; a non-bare container is not a disk.
+        assert_eq!(get(Some(Raw), Iso).unwrap(), Iso);
+        let ova = format_for("c", Some(Raw), Vmdk, ContainerFormat::Ova);
+        assert_eq!(ova.unwrap(), Vmdk);
+        // Anything else is refused, naming the cloud and both formats.
+        for (wanted, file) in [(Qcow2, Raw), (Vmdk, Qcow2), (Raw, DiskFormat::Ploop)] {
+            let err = get(Some(wanted), file).unwrap_err();
+            assert!(
+                matches!(err, ConvertError::NoConversion { from, to, .. } if from == file && to == wanted),
+                "{err}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("cloud 'c'"), "{message}");
+            assert!(message.contains("image_format"), "{message}");
+        }
     }
 }
