@@ -345,3 +345,47 @@ async fn a_format_the_file_cannot_become_is_a_clear_error() {
     assert_eq!(a.status, 201, "{}", a.body);
     assert_answer_holds(&a.body, &qcow2, "qcow2", "qcow2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_a_transient_fault_sends_the_same_conversion_again() {
+    use super::fault_proxy::{Fault, FaultProxy, Rule};
+    let _one = METRIC_LOCK.lock().await;
+    let proxy = FaultProxy::start(vec![Rule {
+        method: "PUT",
+        path_contains: "/file",
+        fault: Fault::Status(500),
+        times: 1,
+    }])
+    .await;
+    let mut entry = Bed::get().cloud_entry("charm-raw");
+    entry["image_endpoint_override"] = proxy.url.clone().into();
+    let d = spawn_daemon(&clouds_document(&[("charm-raw", entry)]), |config| {
+        config.upload_retry_backoff = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let file = half_empty_qcow2(&d.upload_dir, "disk.qcow2", 8 << 20);
+    let (_keep, raw) = expected_raw(&file);
+    let before = conversions(&d).await;
+    let app = unique_app("convretry");
+    let a = d.upload(&app, &file, 2, json!({})).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["attempts"], 2, "{}", a.body);
+    assert_eq!(proxy.count("PUT", "/file"), 2);
+    assert_answer_holds(&a.body, &raw, "qcow2", "raw");
+    assert_eq!(
+        conversions(&d).await,
+        before + 1,
+        "one conversion for both tries"
+    );
+    assert!(staging_entries(&d).is_empty(), "{:?}", staging_entries(&d));
+    let images = Direct::charm()
+        .images_named(&format!("jammy-{app}-x64"))
+        .await;
+    assert_eq!(
+        images.len(),
+        1,
+        "the failed try's image is gone: {images:?}"
+    );
+    assert_eq!(images[0]["disk_format"], "raw");
+    assert_eq!(images[0]["checksum"], md5_hex(&raw).as_str());
+}
