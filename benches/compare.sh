@@ -10,6 +10,8 @@
 #   4. one image to two clouds (fan-out) against two sequential uploads, and
 #      "latest" with 2,000 images in the project (benches/scale.sh).
 #   5. many hooks asking "latest" at once (benches/load.rs).
+#   6. a 2 GiB qcow2 to a raw cloud: conversion and upload against qemu-img plus
+#      curl -T, and peak RSS (benches/convert.sh).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../tests/daemon.sh
@@ -78,6 +80,8 @@ grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'
 
 # shellcheck source=scale.sh
 source "$repo/benches/scale.sh"
+# shellcheck source=convert.sh
+source "$repo/benches/convert.sh"
 
 echo "== many hooks at once (benches/load.rs: every answer checked; Glance calls counted at Glance)"
 load_files=()

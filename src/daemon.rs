@@ -154,6 +154,23 @@ fn put_target(config: &Config, file: &CloudsFile) -> PathBuf {
         .unwrap_or_else(|| config.state_dir.join("clouds.yaml"))
 }
 
+/// Empties `state_dir/staging`: what a conversion cut short by a crash left.
+fn clean_staging(config: &Config) -> Result<(), DaemonError> {
+    let removed = crate::images::convert::clean_staging(&config.state_dir).map_err(|e| {
+        DaemonError::StartUp(format!(
+            "cannot empty {}: {e}",
+            crate::images::convert::staging_dir(&config.state_dir).display()
+        ))
+    })?;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed what conversions cut short left in the staging directory"
+        );
+    }
+    Ok(())
+}
+
 /// The image service's settings by `config` (start-up and reload).
 fn image_settings(config: &Config, daemon_id: String, upload_dirs: Vec<PathBuf>) -> ImageSettings {
     ImageSettings {
@@ -166,6 +183,7 @@ fn image_settings(config: &Config, daemon_id: String, upload_dirs: Vec<PathBuf>)
         upload_attempts: u32::try_from(config.upload_attempts).unwrap_or(u32::MAX),
         upload_retry_backoff: config.upload_retry_backoff,
         import_timeout: config.import_timeout,
+        state_dir: config.state_dir.clone(),
     }
 }
 
@@ -194,6 +212,7 @@ pub(crate) struct App {
 pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
     crate::openstack::observe::install(&crate::metrics::OPENSTACK_CALLS);
     let runtime = prepare_runtime(config)?;
+    clean_staging(config)?;
     let (clouds_file, target) = load_clouds(config)?;
     let os_cloud = std::env::var("OS_CLOUD").ok().filter(|s| !s.is_empty());
     let registry = RegistrySettings {

@@ -125,6 +125,12 @@ struct UploadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConversionLabels {
+    from: &'static str,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -148,6 +154,7 @@ struct Metrics {
     pruned: Family<CloudLabels, Counter>,
     reaped: Family<CloudLabels, Counter>,
     retries: Family<CloudLabels, Counter>,
+    conversions: Family<ConversionLabels, Counter>,
 }
 
 fn request_buckets() -> Histogram {
@@ -174,6 +181,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pruned: Family::default(),
         reaped: Family::default(),
         retries: Family::default(),
+        conversions: Family::default(),
     };
     registry.register(
         "token_requests",
@@ -220,6 +228,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "upload_retries",
         "Uploads tried again after a transient fault (a 5xx, a dropped or refused connection)",
         metrics.retries.clone(),
+    );
+    registry.register(
+        "image_conversions",
+        "Image files converted for a cloud's image_format (once per upload and format, whatever the number of clouds)",
+        metrics.conversions.clone(),
     );
     registry.register(
         "build",
@@ -330,6 +343,14 @@ pub(crate) fn upload_retried(cloud: &str) {
         .get_or_create(&CloudLabels {
             cloud: cloud.to_string(),
         })
+        .inc();
+}
+
+/// An image file was converted from `from` to `to` for an upload.
+pub(crate) fn image_converted(from: &'static str, to: &'static str) {
+    METRICS
+        .conversions
+        .get_or_create(&ConversionLabels { from, to })
         .inc();
 }
 

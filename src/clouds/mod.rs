@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
+use crate::openstack::glance::DiskFormat;
+
 pub use auth::{AppCredential, Auth, DomainRef, ProjectRef, Scope, UserRef};
 pub(crate) use upload_settings::UploadMethod;
 pub use upload_settings::UploadSettings;
@@ -187,6 +189,10 @@ pub struct CloudConfig {
     pub tls: TlsSettings,
     /// `image_upload_method` and `image_stores`: how images reach this Glance.
     pub upload: UploadSettings,
+    /// `image_format` (openstacksdk's key): the disk format the cloud wants
+    /// (`raw` on Ceph-backed clouds); a file of another format is converted
+    /// before upload. `None`: the file's own format.
+    pub(crate) image_format: Option<DiskFormat>,
 }
 
 /// TLS settings of a cloud (`verify`, `cacert`, `cert`, `key`).

@@ -7,6 +7,7 @@ use serde_yaml::{Mapping, Value};
 use url::Url;
 
 use super::{CloudConfig, CloudsError, CloudsFile, Interface, TlsSettings};
+use crate::openstack::glance::DiskFormat;
 
 impl CloudsFile {
     /// Parses a clouds.yaml document (YAML, or JSON, which is YAML), with an
@@ -229,7 +230,19 @@ impl CloudContext<'_> {
                 key: self.path(settings, "key")?,
             },
             upload: self.upload_settings(settings)?,
+            image_format: self.image_format(settings)?,
         })
+    }
+
+    /// `image_format`: one of Glance's disk formats (the upload checks that
+    /// the file can be made into it).
+    fn image_format(&self, settings: &Mapping) -> Result<Option<DiskFormat>, CloudsError> {
+        const KEY: &str = "image_format";
+        let Some(text) = self.string(settings, KEY, KEY)? else {
+            return Ok(None);
+        };
+        let format = text.trim().to_ascii_lowercase().parse::<DiskFormat>();
+        format.map(Some).map_err(|reason| self.invalid(KEY, reason))
     }
 
     /// Only Identity v3 exists today; v2.0 was removed from Keystone in Queens.
@@ -394,6 +407,32 @@ clouds:
         assert!(
             matches!(&err, CloudsError::Invalid { key, .. } if key == "image_endpoint_override")
         );
+    }
+
+    #[test]
+    fn image_format_is_read_as_a_disk_format() {
+        let with = |value: &str| {
+            parse(&format!(
+                "clouds:\n  c:\n    image_format: {value}\n    auth: {{auth_url: 'https://k/v3', user_id: u, password: p}}\n"
+            ))
+        };
+        let format = |value: &str| with(value).unwrap().get("c").unwrap().image_format;
+        assert_eq!(format("raw"), Some(DiskFormat::Raw));
+        assert_eq!(format("'QCOW2'"), Some(DiskFormat::Qcow2));
+        assert_eq!(format("''"), None);
+        let none = only_cloud(
+            "clouds:\n  c:\n    auth: {auth_url: 'https://k/v3', user_id: u, password: p}\n",
+        );
+        assert_eq!(none.image_format, None);
+        for bad in ["rawr", "[raw]", "3"] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                matches!(&err, CloudsError::Invalid { key, .. } if key == "image_format"),
+                "{bad}: {err}"
+            );
+        }
+        let message = with("rawr").unwrap_err().to_string();
+        assert!(message.contains("'rawr' is not one of"), "{message}");
     }
 
     #[test]

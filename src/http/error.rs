@@ -255,9 +255,11 @@ impl From<&ImageError> for ApiError {
                 "insufficient_space",
                 message,
             ),
-            ImageError::Convert(ConvertError::Failed { .. } | ConvertError::Unsupported(_)) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image", message)
-            }
+            ImageError::Convert(
+                ConvertError::Failed { .. }
+                | ConvertError::Unsupported(_)
+                | ConvertError::NoConversion { .. },
+            ) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsafe_image", message),
             ImageError::Convert(ConvertError::Staging { .. }) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
             }

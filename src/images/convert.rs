@@ -16,14 +16,6 @@
 //!   but, at worst, a conversion cut short, which [`clean_staging`] removes at
 //!   the next start.
 
-#![cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "wired into the upload by the lead (issue 16 item 2)"
-    )
-)]
-
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -59,9 +51,53 @@ pub(crate) enum ConvertError {
     /// A format qemu-img cannot read.
     #[error("a file of format {0} cannot be converted")]
     Unsupported(DiskFormat),
+    /// A cloud wants a format the file cannot be converted to (`422
+    /// unsafe_image`, before a job exists).
+    #[error(
+        "cloud '{cloud}' wants disk format {to} (its image_format in clouds.yaml), and a {from} \
+         file cannot be converted to it: only conversion to raw, from qcow2, vmdk, vhd, vhdx \
+         or vdi, is supported"
+    )]
+    NoConversion {
+        cloud: String,
+        from: DiskFormat,
+        to: DiskFormat,
+    },
     /// The staging directory could not be used, or qemu-img not run.
     #[error("staging under {}: {source}", dir.display())]
     Staging { dir: PathBuf, source: io::Error },
+}
+
+impl Clone for ConvertError {
+    /// One conversion's failure is the failure of every cloud that wanted it.
+    fn clone(&self) -> Self {
+        match self {
+            ConvertError::InsufficientSpace {
+                dir,
+                needed,
+                available,
+            } => ConvertError::InsufficientSpace {
+                dir: dir.clone(),
+                needed: *needed,
+                available: *available,
+            },
+            ConvertError::Failed { from, to, message } => ConvertError::Failed {
+                from: *from,
+                to: *to,
+                message: message.clone(),
+            },
+            ConvertError::Unsupported(format) => ConvertError::Unsupported(*format),
+            ConvertError::NoConversion { cloud, from, to } => ConvertError::NoConversion {
+                cloud: cloud.clone(),
+                from: *from,
+                to: *to,
+            },
+            ConvertError::Staging { dir, source } => ConvertError::Staging {
+                dir: dir.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
 }
 
 /// `state_dir/staging`, where conversions write.
@@ -137,19 +173,7 @@ pub(crate) async fn to_raw(
         dir: dir.clone(),
         source,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(staging)?;
-    let available = free_space(&dir).map_err(staging)?;
-    if available < virtual_size {
-        return Err(ConvertError::InsufficientSpace {
-            dir,
-            needed: virtual_size,
-            available,
-        });
-    }
+    check_space(state_dir, virtual_size)?;
     let guard = StagingGuard {
         path: dir.join(format!("{}.raw", crate::secret::random_hex(16))),
     };
@@ -164,6 +188,15 @@ pub(crate) async fn to_raw(
         .await
         .map_err(staging)?;
     if !output.status.success() {
+        if String::from_utf8_lossy(&output.stderr).contains("No space left on device") {
+            // Another writer took the space after the check.
+            let available = free_space(&dir).unwrap_or(0);
+            return Err(ConvertError::InsufficientSpace {
+                dir,
+                needed: virtual_size,
+                available,
+            });
+        }
         return Err(ConvertError::Failed {
             from,
             to: DiskFormat::Raw,
@@ -179,6 +212,38 @@ pub(crate) async fn to_raw(
     let path = guard.path.clone();
     drop(guard);
     Ok(StagedFile { file, path, size })
+}
+
+/// Creates `state_dir/staging` if missing and checks that it can hold a raw
+/// disk of `virtual_size` bytes (`507 insufficient_space` when not).
+pub(crate) fn check_space(state_dir: &Path, virtual_size: u64) -> Result<(), ConvertError> {
+    let dir = staging_dir(state_dir);
+    let staging = |source: io::Error| ConvertError::Staging {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(staging)?;
+    let available = free_space(&dir).map_err(staging)?;
+    if available < virtual_size {
+        return Err(ConvertError::InsufficientSpace {
+            dir,
+            needed: virtual_size,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a file of `format` can be converted to raw.
+pub(crate) fn converts_to_raw(format: DiskFormat) -> bool {
+    matches!(
+        format,
+        DiskFormat::Qcow2 | DiskFormat::Vmdk | DiskFormat::Vhd | DiskFormat::Vhdx | DiskFormat::Vdi
+    )
 }
 
 /// qemu's name of a format (`vpc` for VHD); an ISO is raw bytes.

@@ -63,6 +63,9 @@ pub(crate) struct ImageSettings {
     pub(crate) upload_retry_backoff: Duration,
     /// `import_timeout`: from the import's request to `active` (glance-direct).
     pub(crate) import_timeout: Duration,
+    /// `state_dir`: conversions for a cloud's `image_format` write under its
+    /// `staging` directory.
+    pub(crate) state_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -266,13 +266,6 @@ impl SourceFile {
 
     /// The size of the disk the file holds (its header's word where its format
     /// has one, else its length); `None` for a refused file.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for conversion's free-space check (issue 16 item 2)"
-        )
-    )]
     pub(crate) fn virtual_size(&self) -> Option<u64> {
         self.inspection
             .as_ref()

@@ -7,6 +7,7 @@ mod admission;
 mod chaos;
 mod cli;
 mod clouds_put;
+mod convert;
 mod credentials;
 mod fanout;
 mod fault_proxy;

@@ -126,6 +126,11 @@ impl<R: JobRequest> Upload<'_, R> {
             if !matches!(run.stage, Stage::Waiting) {
                 return None;
             }
+            // The format Glance gets: the file's, or the one made for the cloud.
+            let new_image = NewImage {
+                disk_format: run.disk_format,
+                ..new_image.clone()
+            };
             Some(run.session.glance().create(&new_image).await)
         }))
         .await;

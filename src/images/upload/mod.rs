@@ -7,7 +7,9 @@
 //! 3. **skip** (`skip_unchanged` only): the file hashed first; a cloud whose
 //!    newest image of the name has the same bytes is done;
 //! 4. **create** the image in each cloud;
-//! 5. **stream**: one read of the file ([`reader`]), each block to every cloud;
+//! 5. **stream**: one read of the file ([`reader`]), each block to every cloud
+//!    (a cloud whose `image_format` differs from the file's gets a conversion
+//!    made once for all that want it, read once too: [`targets`]);
 //! 6. **verify**: each image active and holding the file's bytes ([`verify`]);
 //! 7. **prune** the old revisions in each cloud.
 //!
@@ -20,6 +22,7 @@ mod cloud;
 mod import;
 pub(crate) mod reader;
 mod report;
+mod targets;
 pub(crate) mod verify;
 
 use std::sync::Arc;
@@ -49,14 +52,21 @@ pub(crate) struct PreparedUpload {
     /// The clouds, in the request's order; a cloud that could not authenticate
     /// when several were checked carries its error.
     clouds: Vec<(Arc<Session>, Option<ImageError>)>,
+    /// The disk format each cloud gets (`image_format`), in `clouds`' order.
+    formats: Vec<DiskFormat>,
     /// The upload id (the image's marker), held until the upload ends.
     reservation: UploadReservation,
 }
 
 impl PreparedUpload {
-    /// The file's size.
+    /// The bytes the upload reads: the file's size, plus a converted disk's
+    /// for clouds that want another format.
     pub(crate) fn size(&self) -> u64 {
-        self.source.size
+        let file_format = self
+            .request
+            .disk_format
+            .unwrap_or(self.source.detect_disk_format());
+        targets::bytes_to_read(&self.source, file_format, &self.formats)
     }
 
     /// The clouds it goes to, in the request's order.
@@ -92,6 +102,11 @@ struct CloudRun {
     attempts: u32,
     /// How this try sends its data, chosen when its image is created.
     way: Way,
+    /// The disk format Glance gets: the file's, or the cloud's `image_format`.
+    disk_format: DiskFormat,
+    /// Its place in the request: the runs are sorted by format while the
+    /// stages run, and back in this order for the answer.
+    position: usize,
 }
 
 #[derive(Debug)]
@@ -171,7 +186,7 @@ impl ImageService {
                 )))
             }
         };
-        source
+        let file_format = source
             .judge(request.disk_format, request.container_format)
             .map_err(|reason| ImageError::Unsafe {
                 path: source.path.clone(),
@@ -185,7 +200,8 @@ impl ImageService {
                 .collect::<Result<_, _>>()?,
             Targets::Every => self.every_session()?,
         };
-        let clouds = match request.targets {
+        let one = matches!(request.targets, Targets::One(_));
+        let mut clouds = match request.targets {
             Targets::One(_) => {
                 for session in &sessions {
                     self.check_stores(session).await?;
@@ -202,11 +218,20 @@ impl ImageService {
                 clouds
             }
         };
+        let formats = targets::plan(
+            &source,
+            file_format,
+            request.container_format,
+            &self.settings().state_dir,
+            &mut clouds,
+            one,
+        )?;
         let reservation = self.in_flight.reserve(upload_id)?;
         Ok(PreparedUpload {
             request,
             source,
             clouds,
+            formats,
             reservation,
         })
     }
@@ -226,6 +251,7 @@ impl ImageService {
             request,
             source,
             clouds,
+            formats,
             reservation,
         } = prepared;
         let settings = self.settings();
@@ -244,7 +270,9 @@ impl ImageService {
             report: Report::new(job, per_cloud, to_failure),
         };
         let mut runs = Vec::new();
-        for (session, refused) in clouds {
+        for (position, ((session, refused), disk_format)) in
+            clouds.into_iter().zip(formats).enumerate()
+        {
             let stage = match refused {
                 Some(err) => {
                     upload.report.cloud_failed(session.name(), &err).await?;
@@ -257,10 +285,16 @@ impl ImageService {
                 stage,
                 attempts: 1,
                 way: Way::Direct,
+                disk_format,
+                position,
             });
         }
+        // Each format's clouds side by side: one slice per format.
+        let order = targets::group_order(&runs);
+        runs.sort_by_key(|r| order.iter().position(|f| *f == r.disk_format));
         let ended = upload.run_stages(&mut runs, source, &reservation).await;
         upload.clean_up(&mut runs, ended.as_ref().err()).await;
+        runs.sort_by_key(|r| r.position);
         ended?;
         Ok(runs
             .into_iter()
@@ -284,7 +318,7 @@ impl<R: JobRequest> Upload<'_, R> {
     async fn run_stages(
         &self,
         runs: &mut [CloudRun],
-        mut source: SourceFile,
+        source: SourceFile,
         reservation: &UploadReservation,
     ) -> Result<(), ImageError> {
         // The name's lock in each cloud (in one order, so two uploads never wait
@@ -295,24 +329,15 @@ impl<R: JobRequest> Upload<'_, R> {
             guards.push(lock.lock().await);
         }
         let _slot = self.report.job.acquire_slot().await?;
+        // Each format the clouds want, made once (the file's own: the file).
+        let mut groups = self.make_targets(runs, source).await?;
         if self.request.skip_unchanged {
-            source = self.skip_unchanged(runs, source).await?;
+            self.skip_unchanged_groups(runs, &mut groups).await?;
         }
-        // A second handle on the file, for the tries after the first.
-        let spare = source.duplicate()?;
-        let mut source = Some(source);
         loop {
             self.create(runs, reservation).await?;
-            let first_read = source.is_some();
-            let read = match source.take() {
-                Some(source) => source,
-                None => spare.duplicate_at_start()?,
-            };
-            let streamed = self.stream(runs, read, first_read).await?;
-            self.report.job_stage(JobState::Verifying).await?;
-            if let Some((digests, rehash)) = &streamed {
-                self.verify(runs, digests, rehash.as_ref()).await?;
-            }
+            let streamed = self.stream_groups(runs, &mut groups).await?;
+            self.verify_groups(runs, &streamed).await?;
             self.report.job_stage(JobState::Pruning).await?;
             // The clouds that succeeded are done before any other tries again.
             self.prune(runs).await?;
