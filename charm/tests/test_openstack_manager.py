@@ -396,3 +396,21 @@ def test_debug_logs_say_what_is_called_and_hold_no_secret(
     secrets = [daemon.token] + [c["auth"]["password"] for c in document["clouds"].values()]
     for secret in secrets:
         assert secret not in text
+
+
+def test_over_the_unix_socket_a_root_only_file_outside_every_upload_dir_is_handed_over_open(
+    bed: Bed, start_daemon: DaemonFactory, app_name: str, tmp_path: Path
+) -> None:
+    daemon = start_daemon(bed.document("charm"), unix_socket=True)
+    manager = OpenstackManager(bed.document("charm"), url=daemon.url, token=daemon.token)
+    # Outside the daemon's upload_dirs, and 0600: by path the daemon refuses it.
+    src = tmp_path / "built" / "image.img"
+    src.parent.mkdir()
+    src.write_bytes(os.urandom(MIB))
+    src.chmod(0o600)
+    result = manager.upload(config(app_name, src))
+    [image] = bed.images("charm", f"jammy-{app_name}-x64")
+    assert (image["id"], image["status"], image["checksum"]) == (result.id, "active", md5(src))
+    # The hook runs again: the daemon knows the file by its identity, the same job.
+    assert manager.upload(config(app_name, src)).id == result.id
+    assert len(bed.images("charm", f"jammy-{app_name}-x64")) == 1

@@ -52,6 +52,7 @@ if image_id is None:
 ```
 """
 
+import array
 import contextlib
 import dataclasses
 import datetime
@@ -86,7 +87,7 @@ LIBID = "5e7f90be85364369887fc42388b6b10b"
 LIBAPI = 0
 
 # The minor version: bumped on every change published within LIBAPI.
-LIBPATCH = 2
+LIBPATCH = 3
 
 __all__ = [
     "CODE_CONFLICT",
@@ -723,11 +724,28 @@ class DaemonStatus:
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket: `http.client` with the socket swapped."""
+    """HTTP over a unix socket: `http.client` with the socket swapped.
 
-    def __init__(self, path: str, timeout: Optional[float]) -> None:
+    `fds` are handed to the daemon with the request's first bytes (`SCM_RIGHTS`):
+    the daemon's `src_fd` wire form (its README, "Passing a file descriptor").
+    """
+
+    def __init__(self, path: str, timeout: Optional[float], fds: Sequence[int] = ()) -> None:
         super().__init__("localhost", timeout=timeout)
         self._socket_path = path
+        self._fds = list(fds)
+
+    def send(self, data: Any) -> None:
+        if not self._fds or not isinstance(data, (bytes, bytearray)):
+            super().send(data)
+            return
+        if self.sock is None:
+            self.connect()
+        fds, self._fds = self._fds, []
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        sent = self.sock.sendmsg([data], rights)
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -783,9 +801,18 @@ class _Daemon:
             raise OpenstackConnectionError(f"invalid daemon URL {url!r}: {exc}") from exc
         self._prefix = parts.path.rstrip("/")
 
-    def _connection(self, timeout: Optional[float]) -> http.client.HTTPConnection:
+    @property
+    def passes_descriptors(self) -> bool:
+        """Whether a file can be handed over open (`src_fd`): over the unix socket."""
+        return self._socket_path is not None
+
+    def _connection(
+        self, timeout: Optional[float], fds: Sequence[int] = ()
+    ) -> http.client.HTTPConnection:
         if self._socket_path is not None:
-            return _UnixHTTPConnection(self._socket_path, timeout)
+            return _UnixHTTPConnection(self._socket_path, timeout, fds)
+        if fds:
+            raise _UnreachableError(f"{self.url}: a descriptor can only go over a unix socket")
         if self._scheme == "https":
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
@@ -800,8 +827,11 @@ class _Daemon:
         headers: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None,
         yaml_body: Optional[str] = None,
+        fds: Sequence[int] = (),
     ) -> _Answer:
         """Send one request and read the JSON answer (`timeout`: None is the manager's).
+
+        `fds` go with the request's first bytes (unix socket only).
 
         Raises:
             _UnreachableError: no HTTP answer (connection refused, timeout, reset).
@@ -823,7 +853,7 @@ class _Daemon:
         elif yaml_body is not None:
             data = yaml_body.encode()
             send_headers["Content-Type"] = "application/yaml"
-        conn = self._connection(self.timeout if timeout is None else timeout)
+        conn = self._connection(self.timeout if timeout is None else timeout, fds)
         logger.debug("%s %s (daemon %s)", method, target, self.url)
         try:
             conn.request(method, target, body=data, headers=send_headers)
@@ -1468,6 +1498,8 @@ class OpenstackManager:
         if deadline is not None:
             remaining = max(deadline - time.monotonic(), _POST_GRACE)
         try:
+            if self._daemon.passes_descriptors:
+                return self._post_descriptor(body, headers, remaining)
             return self._daemon.request(
                 "POST",
                 "/v1/images",
@@ -1484,6 +1516,37 @@ class OpenstackManager:
             ) from exc
         except _UnreachableError as exc:
             raise _unreachable(UploadImageError, exc) from exc
+
+    def _post_descriptor(
+        self, body: Dict[str, Any], headers: Mapping[str, str], timeout: Optional[float]
+    ) -> _Answer:
+        """The upload with the file handed over open (`src_fd`) instead of its path.
+
+        Over the unix socket the hook opens the file itself, so the daemon (a
+        DynamicUser) reads any file the charm can: outside `upload_dirs`, or
+        root's 0600. The daemon keys the job by the file's identity, so a re-run
+        hook gets the same job.
+        """
+        path = str(body["src_path"])
+        try:
+            file = open(path, "rb")  # noqa: SIM115 (closed below, after the send)
+        except OSError as exc:
+            return _Answer(
+                400,
+                {"error": {"code": CODE_FILE_NOT_FOUND, "message": f"{path}: {exc.strerror}"}},
+            )
+        sent = {k: v for k, v in body.items() if k != "src_path"}
+        sent["src_fd"] = 0
+        with file:
+            return self._daemon.request(
+                "POST",
+                "/v1/images",
+                query={"wait": "false"},
+                body=sent,
+                headers=headers,
+                timeout=timeout,
+                fds=[file.fileno()],
+            )
 
     def _follow(self, job: Mapping[str, Any], deadline: Optional[float]) -> Dict[str, Any]:
         """Poll the job until it ends, or the deadline passes."""
