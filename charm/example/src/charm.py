@@ -39,7 +39,9 @@ from charms.openstack_image_helper.v0.openstack_manager import (
 logger = logging.getLogger(__name__)
 
 # The daemon's config as the charm writes it, and where it lets uploads come from.
-CONFIG_PATH = Path("/etc/openstack-image-helper/config.yaml")
+# A drop-in, not the packaged config.yaml (a dpkg conffile): a reinstall or an
+# upgrade of the package never prompts about it, nor replaces it.
+CONFIG_PATH = Path("/etc/openstack-image-helper/config.d/50-charm.yaml")
 IMAGES_DIR = Path("/var/lib/openstack-image-helper/images")
 TOKEN_FILE = Path("/var/lib/openstack-image-helper/api-token")
 # A copy of the API token that grafana-agent (a confined snap) can read for the

@@ -69,7 +69,7 @@ def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> List[Tuple[str, 
     """The machine's paths under tmp_path, and the commands the charm ran."""
     commands: List[Tuple[str, ...]] = []
     monkeypatch.setattr(charm, "run", lambda *args: commands.append(args))
-    monkeypatch.setattr(charm, "CONFIG_PATH", tmp_path / "etc/config.yaml")
+    monkeypatch.setattr(charm, "CONFIG_PATH", tmp_path / "etc/config.d/50-charm.yaml")
     monkeypatch.setattr(charm, "IMAGES_DIR", tmp_path / "images")
     monkeypatch.setattr(charm, "TOKEN_FILE", tmp_path / "api-token")
     monkeypatch.setattr(charm, "SCRAPE_TOKEN_FILE", tmp_path / "agent/token")
@@ -102,7 +102,7 @@ def test_install_puts_the_package_the_config_and_the_clouds_in_place(
     assert machine[0][:2] == ("apt-get", "install")
     assert machine[0][-1] == str(deb)
     assert machine[1] == ("systemctl", "enable", "--now", "openstack-image-helper")
-    config = (tmp_path / "etc/config.yaml").read_text()
+    config = (tmp_path / "etc/config.d/50-charm.yaml").read_text()
     assert f'upload_dirs: ["{tmp_path / "images"}"]' in config
     assert (tmp_path / "images").is_dir()
     # The clouds went to the daemon, in the document's order: zeta is the default.
