@@ -12,10 +12,13 @@
 //! - [`runtime`]: what start-up creates and checks on disk (state dir, API token, daemon id).
 //! - [`clouds`]: clouds.yaml (and secure.yaml) in openstacksdk's format: the search
 //!   path, the per-cloud settings, the auth types.
-//! - [`openstack`]: Keystone sessions (token refresh), Glance calls, the cloud registry.
-//! - [`images`]: names (and the name template), upload requests, the upload as
-//!   stages to one or many clouds from one read (`images::upload`), pruning, the
-//!   reaper. Knows no HTTP.
+//! - [`openstack`]: Keystone sessions (token refresh, the login backoff), Glance
+//!   calls (direct and import), the cloud registry; it reports its calls to an
+//!   `openstack::observe::Observer` the daemon hands in (the metrics).
+//! - [`images`]: names (and the name template), upload requests, what a file is
+//!   (`images::format`) and its conversion (`images::convert`), the upload as
+//!   stages to one or many clouds from one read, retried on transient faults
+//!   (`images::upload`), pruning and hiding, the reaper. Knows no HTTP.
 //! - [`api`]: the API's wire types (request and answer bodies), shared by the
 //!   handlers, the CLI and the OpenAPI document.
 //! - [`jobs`]: every upload is a job: recorded on disk, idempotency keys, upload
