@@ -233,7 +233,7 @@ pub(crate) fn build(config: &Config) -> Result<App, DaemonError> {
             interrupted = recovery.interrupted.len(),
             images = recovery.images_to_delete.len(),
             unreadable = recovery.moved_aside.len(),
-            "jobs a stop cut off are recorded failed (interrupted); deleting their images"
+            "jobs a stop cut off are recorded: failed (interrupted), or succeeded with their kept image; deleting their unverified images"
         );
     }
     let jobs = Arc::new(jobs);

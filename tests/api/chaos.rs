@@ -86,13 +86,6 @@ fn image_name(app: &str) -> String {
     format!("jammy-{app}-x64")
 }
 
-fn direct(cloud: &str) -> Direct {
-    match cloud {
-        "charm" => Direct::charm(),
-        _ => Direct::cloud_b(),
-    }
-}
-
 async fn job_of(d: &Served, job: &str) -> Value {
     d.get(&format!("/v1/jobs/{job}")).await.body
 }
@@ -137,9 +130,30 @@ fn complete_in(record: &Value, cloud: &str) -> bool {
     result["id"].is_string() && result["prune_incomplete"] != true
 }
 
-async fn check_invariants(d: &Served, names: &mut HashMap<(String, String), Name>, round: usize) {
+/// Each cloud's Glance as the test sees it (one session each: a login per round
+/// would cost more than the round).
+struct Glances {
+    charm: Direct,
+    cloud_b: Direct,
+}
+
+impl Glances {
+    fn of(&self, cloud: &str) -> &Direct {
+        match cloud {
+            "charm" => &self.charm,
+            _ => &self.cloud_b,
+        }
+    }
+}
+
+async fn check_invariants(
+    d: &Served,
+    glances: &Glances,
+    names: &mut HashMap<(String, String), Name>,
+    round: usize,
+) {
     for ((cloud, app), known) in names.iter_mut() {
-        let images = direct(cloud).images_named(&image_name(app)).await;
+        let images = glances.of(cloud).images_named(&image_name(app)).await;
         let unfinished: Vec<&Value> = images
             .iter()
             .filter(|i| {
@@ -199,6 +213,10 @@ async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
             names.insert((cloud.to_string(), app.clone()), Name::default());
         }
     }
+    let glances = Glances {
+        charm: Direct::charm(),
+        cloud_b: Direct::cloud_b(),
+    };
     let mut starts = 1;
     reaper_passed(&d, 1).await;
     let total = rounds();
@@ -249,7 +267,7 @@ async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
                 known.cut_since_complete += 1;
             }
         }
-        check_invariants(&d, &mut names, round).await;
+        check_invariants(&d, &glances, &mut names, round).await;
         // The hook runs again with its key: the same job, whatever became of it.
         let again = d.send(submit(&d)).await;
         assert!(matches!(again.status, 200 | 202), "{:?}", again.body);

@@ -86,8 +86,9 @@ async fn a_revoked_token_is_replaced_on_the_next_call() {
     }
     let authenticated = std::time::Instant::now();
     let probe = unique_app("revoke-probe");
-    // The probe's Glance query: `...&name=<image>&status=active`, then the status.
-    let refused = format!("name=jammy-{probe}-x64&status=active 401 ");
+    // The probe's Glance query: `...&name=<image>&status=active&os_hidden=false`,
+    // then the status.
+    let refused = format!("name=jammy-{probe}-x64&status=active&os_hidden=false 401 ");
     assert_eq!(d.latest(&probe, None).await.status, 200);
     let before = d.cloud_status("revoked").await;
     assert_eq!(before["token_requests"], 1);
