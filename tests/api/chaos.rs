@@ -130,8 +130,8 @@ fn complete_in(record: &Value, cloud: &str) -> bool {
     result["id"].is_string() && result["prune_incomplete"] != true
 }
 
-/// Each cloud's Glance as the test sees it (one session each: a login per round
-/// would cost more than the round).
+/// Each cloud's Glance as the test sees it: one session each per round (a login
+/// per name and cloud cost more than the round).
 struct Glances {
     charm: Direct,
     cloud_b: Direct,
@@ -213,10 +213,6 @@ async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
             names.insert((cloud.to_string(), app.clone()), Name::default());
         }
     }
-    let glances = Glances {
-        charm: Direct::charm(),
-        cloud_b: Direct::cloud_b(),
-    };
     let mut starts = 1;
     reaper_passed(&d, 1).await;
     let total = rounds();
@@ -267,6 +263,11 @@ async fn random_kills_never_lose_an_image_nor_leave_one_unfinished() {
                 known.cut_since_complete += 1;
             }
         }
+        // Fresh sessions each round: another test may revoke charm's tokens.
+        let glances = Glances {
+            charm: Direct::charm(),
+            cloud_b: Direct::cloud_b(),
+        };
         check_invariants(&d, &glances, &mut names, round).await;
         // The hook runs again with its key: the same job, whatever became of it.
         let again = d.send(submit(&d)).await;

@@ -530,6 +530,7 @@ impl Direct {
             .send()
             .await
             .unwrap();
+        assert!(r.status().is_success(), "GET images {name}: {}", r.status());
         let body: Value = r.json().await.unwrap();
         body["images"].as_array().cloned().unwrap_or_default()
     }

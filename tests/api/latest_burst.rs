@@ -93,7 +93,20 @@ async fn an_image_uploaded_during_a_burst_is_seen_by_every_query_that_started_af
         .body["id"]
         .clone();
     let uploaded = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Until a few queries started after the upload were answered (a loaded bed
+    // answers in seconds, not milliseconds), at most a minute.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at > uploaded)
+            .count()
+            < 5
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for p in pollers {
         p.await.unwrap();
