@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use super::slots::UploadSlot;
 
 use super::model::{
-    CreatedImage, Fingerprint, IdempotencyKey, JobFailure, JobId, JobRecord, JobRequest, JobState,
+    CloudProgress, CreatedImage, Fingerprint, IdempotencyKey, JobFailure, JobId, JobRecord,
+    JobRequest, JobState,
 };
 use super::store::StoredJob;
 use super::{JobsCtx, JobsError};
@@ -545,6 +546,19 @@ impl<R: JobRequest> JobTask<R> {
 
     /// One cloud of a job of several clouds starts its try number `attempt`.
     pub async fn cloud_attempt(&self, cloud: &str, attempt: u32) -> Result<(), JobsError> {
+        self.change_cloud(cloud, |_, entry| {
+            entry.attempts = attempt;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes one cloud's entry of a job of several clouds, and records it.
+    async fn change_cloud(
+        &self,
+        cloud: &str,
+        change: impl FnOnce(JobId, &mut CloudProgress) -> Result<(), JobsError>,
+    ) -> Result<(), JobsError> {
         let job = self.id();
         self.shared.update(|data| {
             let entry = data
@@ -556,8 +570,7 @@ impl<R: JobRequest> JobTask<R> {
                     job,
                     cloud: cloud.to_string(),
                 })?;
-            entry.attempts = attempt;
-            Ok(())
+            change(job, entry)
         })?;
         self.shared.persist().await;
         Ok(())
@@ -630,17 +643,7 @@ impl<R: JobRequest> JobTask<R> {
         image_id: Option<&str>,
         failure: Option<JobFailure>,
     ) -> Result<(), JobsError> {
-        let job = self.id();
-        self.shared.update(|data| {
-            let entry = data
-                .record
-                .clouds
-                .as_mut()
-                .and_then(|clouds| clouds.get_mut(cloud))
-                .ok_or_else(|| JobsError::NoSuchCloud {
-                    job,
-                    cloud: cloud.to_string(),
-                })?;
+        self.change_cloud(cloud, |job, entry| {
             if !entry.state.can_move_to(next) {
                 return Err(JobsError::IllegalTransition {
                     job,
@@ -656,9 +659,8 @@ impl<R: JobRequest> JobTask<R> {
                 entry.error = failure;
             }
             Ok(())
-        })?;
-        self.shared.persist().await;
-        Ok(())
+        })
+        .await
     }
 
     async fn finish(
