@@ -27,6 +27,10 @@ pub enum Fault {
     DropAfter(u64),
     /// Held, never forwarded, for as long as the proxy lives.
     Hold,
+    /// Forwarded, and Glance's answer replaced by this status: the work was
+    /// done, but the client hears a fault (as when Glance commits an image and
+    /// then fails on its tags with "database is locked").
+    AfterForward(u16),
 }
 
 /// A rule: the method, a text the path must contain, the fault, and how many
@@ -147,6 +151,12 @@ async fn handle(
         Some(Fault::Status(status)) => return error(status),
         Some(Fault::Hold) => std::future::pending().await,
         Some(Fault::DropAfter(n)) => n,
+        Some(Fault::AfterForward(status)) => {
+            let answer = forward(ctx, req, u64::MAX, kill).await;
+            // Glance's answer is read to its end (the work done), then replaced.
+            let _ = answer.into_body().collect().await;
+            return error(status);
+        }
         None => u64::MAX,
     };
     forward(ctx, req, drop_after, kill).await

@@ -82,6 +82,56 @@ async fn a_500_on_the_first_data_upload_is_retried_with_a_fresh_image() {
     assert_second_try_landed(&d, &answer.body, &app, &file).await;
 }
 
+/// A create whose image Glance made but answered 500 for (its image row
+/// committed, its tags then "database is locked" on sqlite): the image the
+/// daemon never heard of is deleted, the retry lands, one image is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_to_a_create_glance_carried_out_leaves_no_second_image() {
+    let create = Rule {
+        method: "POST",
+        path_contains: "/v2/images",
+        fault: Fault::AfterForward(500),
+        times: 1,
+    };
+    let proxy = FaultProxy::start(vec![create]).await;
+    let d = behind(&proxy).await;
+    let app = unique_app("retry-create");
+    let file = write_raw_image(&d.upload_dir, "a.img", 1 << 20);
+    let answer = d.upload(&app, &file, "charm").await;
+    assert_eq!(answer.status, 201, "{:?}\n{}", answer.body, d.log());
+    assert_eq!(proxy.count("POST", "/v2/images"), 2);
+    assert_eq!(proxy.count("PUT", "/file"), 1);
+    assert_second_try_landed(&d, &answer.body, &app, &file).await;
+    Direct::charm()
+        .delete(answer.body["id"].as_str().unwrap())
+        .await;
+}
+
+/// Every create carried out but answered 503: the upload fails after its
+/// tries, and none of the images Glance made is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_to_every_create_glance_carried_out_fails_and_leaves_nothing() {
+    let create = Rule {
+        method: "POST",
+        path_contains: "/v2/images",
+        fault: Fault::AfterForward(503),
+        times: usize::MAX,
+    };
+    let proxy = FaultProxy::start(vec![create]).await;
+    let d = behind(&proxy).await;
+    let app = unique_app("retry-creates");
+    let file = write_raw_image(&d.upload_dir, "a.img", 1 << 20);
+    let answer = d.upload(&app, &file, "charm").await;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    assert!(answer.message().contains("503"), "{:?}", answer.body);
+    assert_eq!(proxy.count("POST", "/v2/images"), 3);
+    assert!(
+        images_of(&app).await.is_empty(),
+        "{:?}",
+        images_of(&app).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_dropped_after_1_mib_is_retried() {
     let proxy = FaultProxy::start(vec![on_file(Fault::DropAfter(1 << 20), 1)]).await;
