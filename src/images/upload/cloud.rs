@@ -20,7 +20,7 @@ use crate::images::{
     ImageError, PruneFailure, Pruned, UploadOutcome, MARKER_DAEMON, MARKER_UPLOAD,
 };
 use crate::jobs::{JobRequest, JobState, JobsError};
-use crate::openstack::glance::{Image, NewImage};
+use crate::openstack::glance::{Image, ImageQuery, NewImage};
 use crate::openstack::glance_import::image_stores;
 use crate::openstack::session::Session;
 
@@ -137,7 +137,13 @@ impl<R: JobRequest> Upload<'_, R> {
         for (run, created) in runs.iter_mut().zip(created) {
             match created {
                 None => {}
-                Some(Err(err)) => self.fail_or_retry(run, ImageError::Upload(err)).await,
+                Some(Err(err)) => {
+                    if err.is_transient() {
+                        self.delete_unanswered_creates(run, &reservation.upload_id)
+                            .await;
+                    }
+                    self.fail_or_retry(run, ImageError::Upload(err)).await
+                }
                 Some(Ok(image)) => {
                     reservation.add_image(&image.id, &run.session);
                     run.way = self.service.upload_way(&run.session);
@@ -153,6 +159,33 @@ impl<R: JobRequest> Upload<'_, R> {
             }
         }
         Ok(())
+    }
+
+    /// A create answered with a fault may still have made its image: Glance
+    /// commits the image before its tags, and sqlite's "database is locked" on
+    /// the tags answers 500 for an image that exists. Every image this upload
+    /// made in the cloud (its marker) is one no try holds now, and is deleted;
+    /// one the look-up misses is unfinished and old at the next prune.
+    async fn delete_unanswered_creates(&self, run: &CloudRun, upload_id: &str) {
+        let query = ImageQuery {
+            name: Some(self.name.to_string()),
+            properties: vec![(MARKER_UPLOAD.into(), upload_id.into())],
+            ..ImageQuery::default()
+        };
+        let glance = run.session.glance();
+        let found = match glance.list(&query).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(cloud = %run.cloud(), error = %err, "could not look for an image a failed create made");
+                return;
+            }
+        };
+        for image in found {
+            tracing::warn!(cloud = %run.cloud(), image = %image.id, "deleting the image of a create Glance answered with a fault");
+            if let Err(err) = glance.delete(&image.id).await {
+                tracing::error!(cloud = %run.cloud(), image = %image.id, error = %err, "could not delete it; the next prune will");
+            }
+        }
     }
 
     fn new_image(&self, reservation: &UploadReservation) -> NewImage {
