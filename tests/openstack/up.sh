@@ -104,6 +104,7 @@ add-header = Connection: close
 # SQLite's database-is-locked error becomes a deadlock that oslo.db retries.
 pythonpath = $OSIH_HERE/pyhooks
 import = osih_sqlite_retry
+import = osih_short_tokens
 pidfile = $d/$svc.pid
 logto = $d/uwsgi.log
 req-logger = file:$d/requests.log
