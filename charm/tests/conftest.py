@@ -102,9 +102,18 @@ class Bed:
             headers={"X-Auth-Token": self.token(cloud), "Accept": "application/json"},
             method=method,
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-        return json.loads(raw) if raw else None
+        for attempt in range(6):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    raw = response.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as err:
+                # The bed's Glance runs on sqlite: "database is locked" (500) while
+                # other tests write. Only a call that is safe to repeat goes again.
+                if err.code != 500 or method == "POST" or attempt == 5:
+                    raise
+            time.sleep(0.3)
+        raise AssertionError("unreachable")
 
     def images(self, cloud: str, name: str) -> List[Dict[str, Any]]:
         """Every image (any status) named `name` in `cloud`'s project (an admin sees

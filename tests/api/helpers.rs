@@ -507,13 +507,32 @@ impl Direct {
             .header("X-Auth-Token", self.token().await)
     }
 
+    /// An idempotent request (GET, PATCH, DELETE), sent again on a 500: the
+    /// bed's Glance runs on sqlite, which answers "database is locked" while
+    /// other tests write; the test's own look is not what is under test.
+    async fn idempotent(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> reqwest::Response {
+        for _ in 0..5 {
+            let r = build(self.call(method.clone(), path).await)
+                .send()
+                .await
+                .unwrap();
+            if r.status() != 500 {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        build(self.call(method, path).await).send().await.unwrap()
+    }
+
     pub async fn image(&self, id: &str) -> Option<Value> {
         let r = self
-            .call(reqwest::Method::GET, &format!("/v2/images/{id}"))
-            .await
-            .send()
-            .await
-            .unwrap();
+            .idempotent(reqwest::Method::GET, &format!("/v2/images/{id}"), |r| r)
+            .await;
         if r.status() == 404 {
             return None;
         }
@@ -524,12 +543,10 @@ impl Direct {
     /// Every image of that name in the project, any status.
     pub async fn images_named(&self, name: &str) -> Vec<Value> {
         let r = self
-            .call(reqwest::Method::GET, "/v2/images")
-            .await
-            .query(&[("name", name), ("limit", "100")])
-            .send()
-            .await
-            .unwrap();
+            .idempotent(reqwest::Method::GET, "/v2/images", |r| {
+                r.query(&[("name", name), ("limit", "100")])
+            })
+            .await;
         assert!(r.status().is_success(), "GET images {name}: {}", r.status());
         let body: Value = r.json().await.unwrap();
         body["images"].as_array().cloned().unwrap_or_default()
@@ -540,17 +557,15 @@ impl Direct {
     /// times, like the bed's sqlite, orders one second's images by time).
     pub async fn newest_active(&self, name: &str) -> Option<Value> {
         let r = self
-            .call(reqwest::Method::GET, "/v2/images")
-            .await
-            .query(&[
-                ("name", name),
-                ("status", "active"),
-                ("sort", "created_at:desc,id:desc"),
-                ("limit", "1"),
-            ])
-            .send()
-            .await
-            .unwrap();
+            .idempotent(reqwest::Method::GET, "/v2/images", |r| {
+                r.query(&[
+                    ("name", name),
+                    ("status", "active"),
+                    ("sort", "created_at:desc,id:desc"),
+                    ("limit", "1"),
+                ])
+            })
+            .await;
         let body: Value = r.json().await.unwrap();
         body["images"].as_array().and_then(|l| l.first()).cloned()
     }
@@ -579,17 +594,7 @@ impl Direct {
     pub async fn set_protected(&self, id: &str, protected: bool) {
         let patch =
             serde_json::json!([{"op": "replace", "path": "/protected", "value": protected}]);
-        let r = self
-            .call(reqwest::Method::PATCH, &format!("/v2/images/{id}"))
-            .await
-            .header(
-                "Content-Type",
-                "application/openstack-images-v2.1-json-patch",
-            )
-            .body(patch.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = self.patch(id, &patch).await;
         assert!(
             r.status().is_success(),
             "protect {id}: {}",
@@ -600,17 +605,7 @@ impl Direct {
     /// Hides or shows an image (`os_hidden`), as an operator would.
     pub async fn set_hidden(&self, id: &str, hidden: bool) {
         let patch = serde_json::json!([{"op": "replace", "path": "/os_hidden", "value": hidden}]);
-        let r = self
-            .call(reqwest::Method::PATCH, &format!("/v2/images/{id}"))
-            .await
-            .header(
-                "Content-Type",
-                "application/openstack-images-v2.1-json-patch",
-            )
-            .body(patch.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = self.patch(id, &patch).await;
         assert!(
             r.status().is_success(),
             "hide {id}: {}",
@@ -618,11 +613,20 @@ impl Direct {
         );
     }
 
+    async fn patch(&self, id: &str, patch: &Value) -> reqwest::Response {
+        self.idempotent(reqwest::Method::PATCH, &format!("/v2/images/{id}"), |r| {
+            r.header(
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            )
+            .body(patch.to_string())
+        })
+        .await
+    }
+
     pub async fn delete(&self, id: &str) {
-        let request = self
-            .call(reqwest::Method::DELETE, &format!("/v2/images/{id}"))
-            .await;
-        let _ = request.send().await;
+        let path = format!("/v2/images/{id}");
+        self.idempotent(reqwest::Method::DELETE, &path, |r| r).await;
     }
 }
 
