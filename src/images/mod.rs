@@ -355,6 +355,7 @@ impl ImageService {
             retire,
             Utc::now(),
             self.settings().stale_upload_age,
+            &self.settings().daemon_id,
         );
         for id in plan.hide {
             match glance.hide(&id).await {

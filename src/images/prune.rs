@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::MARKER_DAEMON;
 use crate::openstack::glance::Image;
 
 /// Whether an unfinished upload ([`is_unfinished_upload`]) is old
@@ -18,6 +19,16 @@ pub(crate) fn is_stale(image: &Image, now: DateTime<Utc>, stale_age: std::time::
 /// Glance), then id; the order of Glance's `sort=created_at:desc,id:desc`.
 fn order_key(image: &Image) -> (DateTime<Utc>, &str) {
     (image.created_at, image.id.as_str())
+}
+
+/// Whether `image` came before the new image `new`: it is older in Glance's
+/// order, or it is this daemon's own (`own_daemon`, its marker) of the same
+/// second. This daemon's uploads of one name take turns, so its image of the
+/// same second finished before the new one was created, whatever the ids say;
+/// another unit's of the same second is ordered by id, as Glance orders it.
+fn came_before(image: &Image, new: &Image, own_daemon: &str) -> bool {
+    order_key(image) < order_key(new)
+        || (image.created_at == new.created_at && image.property(MARKER_DAEMON) == Some(own_daemon))
 }
 
 closed_set! {
@@ -54,9 +65,9 @@ pub(crate) fn is_hidden(image: &Image) -> bool {
 ///   and the newest others are kept up to `num_revisions` in all; the rest are
 ///   retired (deleted, or hidden with [`Retire::Hide`]), except a protected
 ///   image (counted when among the kept, never retired) and an image newer than
-///   the new one: that is another unit's upload, which prunes after it, so the
-///   newest image always survives and "latest" is never empty (the count may
-///   exceed `num_revisions` until the next upload);
+///   the new one ([`came_before`]): that is another unit's upload, which prunes
+///   after it, so the newest image always survives and "latest" is never empty
+///   (the count may exceed `num_revisions` until the next upload);
 /// - with [`Retire::Hide`], the hidden active images (those hidden before and
 ///   those hidden now), newest first: the newest `num_revisions` stay hidden,
 ///   the rest are deleted (one retired now and already past them is deleted
@@ -71,15 +82,16 @@ pub(crate) fn plan_prune(
     retire: Retire,
     now: DateTime<Utc>,
     stale_age: std::time::Duration,
+    own_daemon: &str,
 ) -> PrunePlan {
     // Without the new image in the list we cannot tell which images are newer
     // than it: retire no active image rather than guess.
-    let newest_kept = images.iter().find(|i| i.id == new_id).map(order_key);
+    let newest_kept = images.iter().find(|i| i.id == new_id);
     let retirable = |i: &&Image| {
         i.is_active()
             && i.id != new_id
             && !i.protected
-            && newest_kept.is_some_and(|n| order_key(i) < n)
+            && newest_kept.is_some_and(|n| came_before(i, n, own_daemon))
     };
     let mut visible: Vec<&Image> = images
         .iter()
@@ -154,6 +166,13 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+    /// The pruning daemon's id (its images carry it in `MARKER_DAEMON`).
+    const OWN: &str = "this-daemon";
+
+    fn own(mut image: Image) -> Image {
+        image.extra.insert(MARKER_DAEMON.into(), OWN.into());
+        image
+    }
 
     fn deleted(plan: PrunePlan) -> Vec<String> {
         assert!(plan.hide.is_empty(), "retire: delete hides nothing");
@@ -166,7 +185,15 @@ mod tests {
     }
 
     fn hide_plan(images: &[Image], new_id: &str, num_revisions: u32) -> (Vec<String>, Vec<String>) {
-        let plan = plan_prune(images, new_id, num_revisions, Retire::Hide, now(), HOUR);
+        let plan = plan_prune(
+            images,
+            new_id,
+            num_revisions,
+            Retire::Hide,
+            now(),
+            HOUR,
+            OWN,
+        );
         (plan.hide, plan.delete)
     }
 
@@ -247,14 +274,39 @@ mod tests {
             image("c", Active, 30, false),
         ];
         assert_eq!(
-            deleted(plan_prune(&images, "new", 2, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "new",
+                2,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["b", "c"]
         );
         assert_eq!(
-            deleted(plan_prune(&images, "new", 1, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "new",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["a", "b", "c"]
         );
-        assert!(deleted(plan_prune(&images, "new", 4, Retire::Delete, now(), HOUR)).is_empty());
+        assert!(deleted(plan_prune(
+            &images,
+            "new",
+            4,
+            Retire::Delete,
+            now(),
+            HOUR,
+            OWN
+        ))
+        .is_empty());
     }
 
     #[test]
@@ -266,13 +318,57 @@ mod tests {
             image("old", Active, 5, false),
         ];
         assert_eq!(
-            deleted(plan_prune(&images, "new", 1, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "new",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["old"]
         );
         // B prunes after A: A's image is older than B's, so it goes.
         assert_eq!(
-            deleted(plan_prune(&images, "b", 1, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "b",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["new", "old"]
+        );
+    }
+
+    #[test]
+    fn in_the_same_second_this_daemons_own_image_came_before_the_new_one() {
+        // Two uploads of one name by this daemon within a second: they took turns,
+        // so "z" is the older, whatever its id; another unit's "y" keeps Glance's order.
+        let images = vec![
+            image("a", Active, 0, false),
+            own(image("z", Active, 0, false)),
+            image("y", Active, 0, false),
+        ];
+        assert_eq!(
+            deleted(plan_prune(
+                &images,
+                "a",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
+            vec!["z"]
+        );
+        let plan = plan_prune(&images, "a", 1, Retire::Hide, now(), HOUR, OWN);
+        assert_eq!(
+            (plan.hide, plan.delete),
+            (vec!["z".to_string()], Vec::new())
         );
     }
 
@@ -280,9 +376,26 @@ mod tests {
     fn in_the_same_second_the_larger_id_is_the_newer() {
         // Glance's created_at has whole seconds: two uploads that finish together.
         let images = vec![image("a", Active, 0, false), image("z", Active, 0, false)];
-        assert!(deleted(plan_prune(&images, "a", 1, Retire::Delete, now(), HOUR)).is_empty());
+        assert!(deleted(plan_prune(
+            &images,
+            "a",
+            1,
+            Retire::Delete,
+            now(),
+            HOUR,
+            OWN
+        ))
+        .is_empty());
         assert_eq!(
-            deleted(plan_prune(&images, "z", 1, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "z",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["a"]
         );
     }
@@ -295,7 +408,15 @@ mod tests {
             image("stale", Queued, 120, false),
         ];
         assert_eq!(
-            deleted(plan_prune(&images, "gone", 1, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "gone",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["stale"]
         );
     }
@@ -308,7 +429,15 @@ mod tests {
             image("b", Active, 10, false),
         ];
         assert_eq!(
-            deleted(plan_prune(&images, "new", 2, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "new",
+                2,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["a"]
         );
     }
@@ -322,7 +451,15 @@ mod tests {
             image("old-p", Active, 30, true),
         ];
         assert_eq!(
-            deleted(plan_prune(&images, "new", 2, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "new",
+                2,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["a"]
         );
     }
@@ -339,7 +476,15 @@ mod tests {
             image("deactivated", ImageStatus::Deactivated, 600, false),
         ];
         assert_eq!(
-            deleted(plan_prune(&images, "new", 1, Retire::Delete, now(), HOUR)),
+            deleted(plan_prune(
+                &images,
+                "new",
+                1,
+                Retire::Delete,
+                now(),
+                HOUR,
+                OWN
+            )),
             vec!["stale", "killed"]
         );
     }

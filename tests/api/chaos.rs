@@ -7,7 +7,7 @@
 //!   off (or left with a failed prune) since its last complete prune;
 //! - a retry under the same key gets the same job.
 //!
-//! `CHAOS_ROUNDS` (default 30, about 2 minutes here) sets the number of uploads.
+//! `CHAOS_ROUNDS` (default 30, about 1 minute here: 2 s a round) sets the number of uploads.
 
 use std::collections::HashMap;
 use std::time::Duration;
