@@ -123,6 +123,13 @@ class Bed:
         return list(self.glance(cloud, "GET", f"/v2/images?{query}")["images"])
 
 
+def next_second() -> None:
+    """Waits past the current second. Glance gives `created_at` in whole seconds, and
+    the daemon never prunes an image that may be newer than its new one: two
+    revisions a test expects pruned in order must be created in different seconds."""
+    time.sleep(1.1)
+
+
 def md5_of(data: bytes) -> str:
     """The md5 of `data`, as Glance's `checksum` gives it (on Python 3.8 too)."""
     try:

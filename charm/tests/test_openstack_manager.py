@@ -20,7 +20,7 @@ from charms.openstack_image_helper.v0.openstack_manager import (
     UploadImageConfig,
     UploadImageError,
 )
-from conftest import Bed, Daemon, DaemonFactory, free_port, md5_of
+from conftest import Bed, Daemon, DaemonFactory, free_port, md5_of, next_second
 
 MIB = 1 << 20
 
@@ -224,6 +224,7 @@ def test_upload_keeps_num_revisions(bed: Bed, daemon: Daemon, app_name: str) -> 
     for n in range(3):
         src = daemon.image_file(MIB + n, name=f"rev{n}.img")
         ids.append(manager.upload_image(config(app_name, src, num_revisions=2)))
+        next_second()
     left = {image["id"] for image in bed.images("charm", f"jammy-{app_name}-x64")}
     assert left == set(ids[1:])
 

@@ -37,7 +37,7 @@ from charms.openstack_image_helper.v0.openstack_manager import (
     UploadImageConfig,
     UploadImageError,
 )
-from conftest import Bed, Daemon, DaemonFactory, free_port, md5_of
+from conftest import Bed, Daemon, DaemonFactory, free_port, md5_of, next_second
 
 MIB = 1 << 20
 
@@ -93,6 +93,7 @@ def test_upload_result_is_the_image_in_glance(bed: Bed, daemon: Daemon, app_name
     assert first.attempts >= 1
     # A second revision with num_revisions 1 prunes the first: the result says so.
     second_src = daemon.image_file(MIB, name="second.img")
+    next_second()
     second = manager.upload(config(app_name, second_src, num_revisions=1))
     assert second.pruned == [first.id]
     assert [i["id"] for i in bed.images("charm", f"jammy-{app_name}-x64")] == [second.id]
