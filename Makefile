@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
 TEST_TOKEN_LIFETIME ?= 60
 
-.PHONY: demo test test-api unit bed bed-down bench build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check charmlib-wheel charmlib-wheel-test
+.PHONY: demo test test-api unit bed bed-down bench bench-versus build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check charmlib-wheel charmlib-wheel-test
 
 # Debian packages the demo and the tests use (qcow2 images are made with qemu-img).
 deps:
@@ -45,6 +45,11 @@ bench: build
 	cargo build --release --bench load
 	tests/openstack/up.sh
 	benches/compare.sh
+
+# Idle RSS and upload medians against 0.1 (builds 0.1 once into target/bench/v0.1).
+bench-versus: build
+	tests/openstack/up.sh
+	benches/versus-0.1.sh
 
 fmt:
 	cargo fmt --all

@@ -12,6 +12,8 @@
 #   5. many hooks asking "latest" at once (benches/load.rs).
 #   6. a 2 GiB qcow2 to a raw cloud: conversion and upload against qemu-img plus
 #      curl -T, and peak RSS (benches/convert.sh).
+#   7. import (glance-direct) against a direct PUT of the same file (benches/import.sh).
+# benches/versus-0.1.sh (`make bench-versus`): idle RSS and upload medians against 0.1.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../tests/daemon.sh
@@ -22,7 +24,21 @@ venv=$(sed -n 's/^export OSIH_BED_VENV=//p' "$bed/env")
 runs=${BENCH_RUNS:-10}
 size_mib=${BENCH_IMAGE_MIB:-1024}
 port=${BENCH_PORT:-18428}
-start_daemon "$work" "$port"
+# The bed's clouds, and two for the import row (benches/import.sh): the import
+# Glance's cloud, once with direct PUTs and once with glance-direct import.
+mkdir -p "$work"
+"$venv/bin/python" - "$bed/clouds.yaml" "$work/clouds.yaml" <<'PY'
+import copy, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for how in ("direct", "import"):
+    entry = copy.deepcopy(doc["clouds"]["charm-import"])
+    entry["image_upload_method"] = how
+    doc["clouds"]["bench-" + how] = entry
+with open(sys.argv[2], "w") as f:
+    yaml.safe_dump(doc, f)
+PY
+chmod 600 "$work/clouds.yaml"
+start_daemon "$work" "$port" "$work/clouds.yaml"
 daemon=$osih_daemon
 token=$(cat "$work/state/api-token")
 
@@ -82,6 +98,8 @@ grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'
 source "$repo/benches/scale.sh"
 # shellcheck source=convert.sh
 source "$repo/benches/convert.sh"
+# shellcheck source=import.sh
+source "$repo/benches/import.sh"
 
 echo "== many hooks at once (benches/load.rs: every answer checked; Glance calls counted at Glance)"
 load_files=()

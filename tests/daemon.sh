@@ -2,7 +2,8 @@
 # Sourced by tests/demo.sh and benches/compare.sh: run the release daemon against
 # the local test bed, in a work dir of its own. Not executed.
 #
-#   start_daemon WORK PORT   writes WORK/config.yaml (clouds: the bed's; default
+#   start_daemon WORK PORT [CLOUDS_YAML]
+#                            writes WORK/config.yaml (clouds: CLOUDS_YAML, else the bed's; default
 #                            cloud: charm; uploads from WORK/images), starts the
 #                            daemon (log: WORK/daemon.log), stops it on exit, and
 #                            waits until cloud charm is authenticated.
@@ -13,13 +14,13 @@ osih_bed=${OSIH_BED_DIR:-$osih_repo/target/openstack-bed}
 osih_bin=$osih_repo/target/release/openstack-image-helper
 
 start_daemon() {
-  local work=$1 port=$2
+  local work=$1 port=$2 clouds=${3:-$osih_bed/clouds.yaml}
   [[ -x $osih_bin ]] || cargo build --release --manifest-path "$osih_repo/Cargo.toml"
   [[ -s $osih_bed/clouds.yaml ]] || { echo "no test bed: run tests/openstack/up.sh" >&2; exit 1; }
   mkdir -p "$work/images"
   cat >"$work/config.yaml" <<YAML
 listen: 127.0.0.1:$port
-clouds_yaml: $osih_bed/clouds.yaml
+clouds_yaml: $clouds
 default_cloud: charm
 state_dir: $work/state
 api_token_file: $work/state/api-token
