@@ -132,6 +132,42 @@ async fn a_503_to_every_create_glance_carried_out_fails_and_leaves_nothing() {
     );
 }
 
+/// The prune's DELETE of the old revision answered 500 once (Glance on sqlite:
+/// "database is locked" on the image's locations after the data went): it is
+/// sent again, and the answer lists it pruned, with nothing incomplete.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_to_a_prune_delete_is_retried() {
+    let proxy = FaultProxy::start(Vec::new()).await;
+    let d = behind(&proxy).await;
+    let app = unique_app("retry-prune");
+    let file = write_raw_image(&d.upload_dir, "a.img", 1 << 20);
+    let first = d.upload(&app, &file, "charm").await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    proxy.add_rule(Rule {
+        method: "DELETE",
+        path_contains: "/v2/images/",
+        fault: Fault::Status(500),
+        times: 1,
+    });
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = d.upload(&app, &file, "charm").await;
+    assert_eq!(second.status, 201, "{:?}", second.body);
+    assert_eq!(
+        second.body["pruned"],
+        json!([first.body["id"]]),
+        "{:?}",
+        second.body
+    );
+    assert_ne!(second.body["prune_incomplete"], true, "{:?}", second.body);
+    assert_eq!(proxy.count("DELETE", "/v2/images/"), 2);
+    let images = images_of(&app).await;
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["id"], second.body["id"]);
+    Direct::charm()
+        .delete(second.body["id"].as_str().unwrap())
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_dropped_after_1_mib_is_retried() {
     let proxy = FaultProxy::start(vec![on_file(Fault::DropAfter(1 << 20), 1)]).await;
