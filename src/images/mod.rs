@@ -10,6 +10,7 @@ pub(crate) mod names;
 pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod request;
+pub(crate) mod retry;
 mod shared_calls;
 pub(crate) mod source;
 pub(crate) mod src_path;
@@ -357,8 +358,12 @@ impl ImageService {
             self.settings().stale_upload_age,
             &self.settings().daemon_id,
         );
+        let (tries, first) = (
+            self.settings().upload_attempts,
+            self.settings().upload_retry_backoff,
+        );
         for id in plan.hide {
-            match glance.hide(&id).await {
+            match retry::while_transient(tries, first, || glance.hide(&id)).await {
                 Ok(()) => pruned.hidden.push(id),
                 Err(err) => {
                     tracing::warn!(cloud = %session.name(), image = %id, error = %err, "hiding an old revision failed");
@@ -372,7 +377,7 @@ impl ImageService {
             if self.in_flight.has_image(&id) {
                 continue;
             }
-            match glance.delete(&id).await {
+            match retry::while_transient(tries, first, || glance.delete(&id)).await {
                 Ok(()) => pruned.deleted.push(id),
                 Err(err) => {
                     tracing::warn!(cloud = %session.name(), image = %id, error = %err, "prune failed");

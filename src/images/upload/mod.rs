@@ -367,7 +367,11 @@ impl<R: JobRequest> Upload<'_, R> {
         let Some(tried) = tried else {
             return Ok(switched);
         };
-        tokio::time::sleep(backoff(self.settings.upload_retry_backoff, tried)).await;
+        tokio::time::sleep(crate::images::retry::backoff(
+            self.settings.upload_retry_backoff,
+            tried,
+        ))
+        .await;
         for run in runs.iter_mut() {
             if let Stage::Retry(err) = &run.stage {
                 run.attempts += 1;
@@ -458,38 +462,5 @@ impl<R: JobRequest> Upload<'_, R> {
                 "could not delete the failed upload; the reaper will retry"
             );
         }
-    }
-}
-
-/// The wait before try `tried + 1`: `first` doubled for each try after the
-/// first, then between half of it and all of it at random, so that uploads a
-/// fault hit together do not come back together.
-/// It never exceeds a day, whatever `upload_retry_backoff` says.
-fn backoff(first: std::time::Duration, tried: u32) -> std::time::Duration {
-    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-    let doubled = first
-        .saturating_mul(1u32 << tried.saturating_sub(1).min(16))
-        .min(DAY);
-    doubled.mul_f64(rand::random_range(0.5..=1.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn the_backoff_doubles_with_jitter_within_bounds() {
-        let first = Duration::from_secs(2);
-        for (tried, whole) in [(1, 2), (2, 4), (3, 8)] {
-            for _ in 0..100 {
-                let wait = backoff(first, tried);
-                let whole = Duration::from_secs(whole);
-                assert!(wait >= whole / 2 && wait <= whole, "{tried}: {wait:?}");
-            }
-        }
-        assert!(backoff(first, u32::MAX) <= Duration::from_secs(24 * 3600));
-        let century = Duration::from_secs(100 * 366 * 24 * 3600);
-        assert!(backoff(century, 10) <= Duration::from_secs(24 * 3600));
     }
 }
