@@ -68,9 +68,14 @@ systemd-check:
 	tests/systemd/check-unit.sh systemd/openstack-image-helper.service target/debug/openstack-image-helper
 
 # The unit under a real systemd 252 (PID 1 in systemd-nspawn) against the test bed:
-# start gated by READY=1, upload and latest, the watchdog, a clean stop. As root.
-systemd-test: bed
+# start gated by READY=1, upload and latest, the watchdog, a clean stop; src_fd from
+# the CLI and the library, the example charm's install and upload for real, and a
+# reinstall and an upgrade with no prompt over the charm's config. As root. The charm's
+# checks need the package: target/deb/*.deb (CI's check-deb has just built it), else a
+# dev one is built here. Against the bed of OSIH_BED_DIR when set (left as it is).
+systemd-test: $(if $(OSIH_BED_DIR),,bed)
 	cargo build
+	@ls target/deb/openstack-image-helper_*.deb >/dev/null 2>&1 || $(MAKE) deb DEB_PROFILE=dev
 	tests/systemd/nspawn-test.sh
 
 # --- Install, package, charm library ---------------------------------------------------

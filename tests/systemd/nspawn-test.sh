@@ -11,7 +11,20 @@
 #   - `systemctl stop` ends it cleanly (exit 0);
 #   - `systemctl status` shows the daemon's STATUS= line;
 #   - `systemctl reload` (SIGHUP) applies a changed clouds.yaml without a restart;
-#   - `systemctl stop` during an upload leaves no unfinished image.
+#   - `systemctl stop` during an upload leaves no unfinished image;
+# and, in tests/systemd/nspawn-charm.sh, a charm's own use of the package (issue 17):
+#   - src_fd: root's 0600 file outside every upload dir, which the daemon's uid
+#     cannot open, uploaded by the CLI and by the charm library the package installs
+#     (each passes the open file over the socket); by path it is path_not_allowed;
+#   - the example charm's install event and upload action (charm/example/src/charm.py
+#     under ops[testing], tests/systemd/nspawn_charm.py: only Juju and cos_agent are
+#     stand-ins): from a purged machine, real apt-get of the .deb resource, the unit
+#     started with the charm's config.d drop-in and the secret's clouds, the image
+#     active in Glance with the file's md5, the action's results and the relation;
+#   - `apt-get install --reinstall` and an upgrade whose packaged config.yaml changed
+#     run with no terminal and no question, the charm's drop-in unchanged byte for
+#     byte, the restarted daemon on the charm's port answering `latest` from its
+#     clouds; and, as the control, an edited config.yaml does stop the upgrade.
 #
 #   tests/systemd/nspawn-test.sh            (as root; installs its own Debian packages)
 #
@@ -20,8 +33,12 @@
 # OSIH_NSPAWN_PENDING=a,b to also run checks of daemon features still being
 # written (see "Pending checks" below; none today).
 #
-# The Debian tree is cached in target/systemd-nspawn/ (debootstrap, ~35 s, once);
-# every run boots it under an overlay on a tmpfs, so a run changes nothing in it.
+# The Debian tree is cached in target/systemd-nspawn/ (debootstrap, ~50 s, once), and
+# so is ops[testing] for its python3 (tests/systemd/charm-requirements.txt, from PyPI
+# with the host's pip, ~5 s, once); every run boots the tree under an overlay on a
+# tmpfs, so a run changes nothing in it.
+# Cost with both cached: 35 to 45 s, of which the charm's checks (src_fd, charm,
+# reinstall, upgrade, control) take 10 to 16 s.
 # Everything runs in a private mount namespace: the mounts vanish with the script,
 # and the trap powers the container off (or kills it) on any exit.
 set -euo pipefail
@@ -37,8 +54,9 @@ rootfs=$cache/rootfs-$suite
 # unit's ExecReload=/bin/kill, ca-certificates (without a system CA store the daemon
 # cannot build any cloud's HTTP client, even for http://: "TLS settings: builder
 # error: unexpected error: No CA certificates were loaded from the system"; the
-# package must depend on it), curl to call the API over its socket as a hook does.
-rootfs_packages=systemd,systemd-sysv,dbus,procps,ca-certificates,curl
+# package must depend on it), curl to call the API over its socket as a hook does,
+# python3 for the charm library and the example charm (nspawn-charm.sh).
+rootfs_packages=systemd,systemd-sysv,dbus,procps,ca-certificates,curl,python3
 unit=openstack-image-helper.service
 socket=/run/openstack-image-helper/api.sock
 config=/etc/openstack-image-helper/config.yaml
@@ -72,7 +90,7 @@ print_timings() {
 ensure_host_debs() {
   local missing=() cmd
   for cmd in systemd-nspawn:systemd-container debootstrap:debootstrap unshare:util-linux \
-    nsenter:util-linux curl:curl python3:python3; do
+    nsenter:util-linux curl:curl python3:python3 pip3:python3-pip; do
     command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd#*:}")
   done
   ((${#missing[@]})) || return 0
@@ -251,8 +269,10 @@ glance_has_image() { [[ -n $(glance_images "$1") ]]; }
 # -y /tmp/openstack-image-helper_*.deb` (the package then ships unit and config).
 # The way a charm installs it: the Debian package (`make deb`; in CI,
 # packaging/check-deb.sh has just built it), else the built binary and the unit.
+package_deb() { echo "${OSIH_NSPAWN_DEB:-$(ls -t target/deb/openstack-image-helper_*.deb 2>/dev/null | head -n 1)}"; }
 install_daemon() {
-  local deb=${OSIH_NSPAWN_DEB:-$(ls -t target/deb/openstack-image-helper_*.deb 2>/dev/null | head -n 1)}
+  local deb
+  deb=$(package_deb)
   if [[ -n $deb ]]; then
     say "installing the package $deb"
     # Not /tmp: the booted container has a tmpfs there.
@@ -370,11 +390,9 @@ check_sandbox() {
   expect "api-token mode" 600 "$(in_ct stat -c %a "$state/api-token")"
 }
 
-# A charm sends its clouds.yaml; the daemon writes it into its state dir.
-check_put_clouds() {
-  local doc
-  doc=$(
-    cat <<YAML
+# The bed's cloud "charm", as a charm holds it in clouds.yaml.
+clouds_doc() {
+  cat <<YAML
 clouds:
   charm:
     auth_type: password
@@ -389,9 +407,12 @@ clouds:
     interface: public
     identity_api_version: 3
 YAML
-  )
+}
+
+# A charm sends its clouds.yaml; the daemon writes it into its state dir.
+check_put_clouds() {
   local answer
-  answer=$(printf '%s\n' "$doc" | api PUT /v1/clouds -H 'Content-Type: application/yaml' --data-binary @- -w ' %{http_code}')
+  answer=$(clouds_doc | api PUT /v1/clouds -H 'Content-Type: application/yaml' --data-binary @- -w ' %{http_code}')
   [[ $answer == *' 200' ]] || die "PUT /v1/clouds: $answer"
   say "ok: PUT /v1/clouds: $answer"
   expect "clouds.yaml mode" 600 "$(in_ct stat -c %a "$state/clouds.yaml")"
@@ -515,6 +536,10 @@ run_pending() {
   done
 }
 
+# The checks of a charm's own use: src_fd, the example charm, reinstall and upgrade.
+# shellcheck source=tests/systemd/nspawn-charm.sh
+source "$repo/tests/systemd/nspawn-charm.sh"
+
 # --- main ------------------------------------------------------------------------
 main() {
   [[ $(id -u) == 0 ]] || die "run as root (debootstrap, mounts, systemd-nspawn)"
@@ -528,17 +553,23 @@ main() {
   trap 'exit 130' INT TERM
   phase "bed" check_bed
   phase "Debian tree" ensure_rootfs
+  phase "ops[testing] for the tree" ensure_charm_python
   phase "boot" boot_container
   phase "install" install_daemon
   phase "start (READY=1 gates active)" check_ready_gates_active
   phase "sandbox" check_sandbox
   phase "PUT /v1/clouds" check_put_clouds
   phase "upload and latest" check_upload_and_latest
+  phase "src_fd: root's 0600 file" check_src_fd
   phase "watchdog" check_watchdog
   phase "stop" check_stop
   phase "STATUS= in systemctl status" check_status
   phase "reload" check_reload
   phase "stop during an upload" check_stop_upload
+  phase "charm: install event" check_charm_install
+  phase "charm: upload action" check_charm_upload
+  phase "reinstall, upgrade: no prompt" check_no_prompt
+  phase "control: conffile prompt" check_conffile_prompt_is_caught
   run_pending
   phase "power off" shutdown_container
 }
