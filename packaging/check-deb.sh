@@ -27,6 +27,7 @@ field() { dpkg-deb --field "$deb" "$1"; }
 [[ $(field Version) == "$version"-* ]] || fail "Version: $(field Version), Cargo.toml says $version"
 [[ $(field Architecture) == "$(dpkg --print-architecture)" ]] || fail "Architecture: $(field Architecture)"
 [[ $(field Depends) == *libc6* ]] || fail "Depends lacks libc6: $(field Depends)"
+[[ $(field Depends) == *ca-certificates* && $(field Depends) == *procps* ]] || fail "Depends lacks ca-certificates or procps (the daemon needs a CA store; the unit's ExecReload is /bin/kill): $(field Depends)"
 for script in postinst postrm; do
   grep -q " $script " <<<"$info" || fail "no $script in the control archive"
 done

@@ -263,10 +263,6 @@ glance_images() {
 glance_has_image() { [[ -n $(glance_images "$1") ]]; }
 
 # --- install: the one place that knows how the daemon gets into the tree ----------
-# Until the Debian package exists, this is what a charm would do by hand: the binary
-# to /usr/bin, the unit to /lib/systemd/system, the config to /etc. With the .deb,
-# replace the body by: copy the .deb into "$ctroot/tmp" and `in_ct apt-get install
-# -y /tmp/openstack-image-helper_*.deb` (the package then ships unit and config).
 # The way a charm installs it: the Debian package (`make deb`; in CI,
 # packaging/check-deb.sh has just built it), else the built binary and the unit.
 package_deb() { echo "${OSIH_NSPAWN_DEB:-$(ls -t target/deb/openstack-image-helper_*.deb 2>/dev/null | head -n 1)}"; }
