@@ -92,11 +92,15 @@ upload() {
     "http://127.0.0.1:$2/v1/images"
   since "$t"
 }
-gtoken=$(curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
-  "$(sed -n 's/^export KEYSTONE_URL=//p' "$bed/env")/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r')
+# A fresh token each time: the bed's tokens may live only 60 s.
+glance_token() {
+  curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
+    "$(sed -n 's/^export KEYSTONE_URL=//p' "$bed/env")/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r'
+}
 glance=$(sed -n 's/^export GLANCE_URL=//p' "$bed/env")
 curl_put() {
-  local id t
+  local id t gtoken
+  gtoken=$(glance_token)
   id=$(curl -fsS -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/json' \
     -d '{"name":"versus-curl","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" | sed 's/.*"id": "\([^"]*\)".*/\1/')
   t=$(now)
@@ -116,8 +120,9 @@ for i in $(seq "$runs"); do
   done
   echo "curl $(curl_put)" >>"$work/times"
 done
+medians=()
 for name in old new curl; do
-  printf '  %-5s median %6.2f s\n' "$name" "$(awk -v n="$name" '$1 == n {print $2}' "$work/times" | median)"
+  medians+=("$(awk -v n="$name" '$1 == n {print $2}' "$work/times" | median)")
+  printf '  %-5s median %6.2f s\n' "$name" "${medians[-1]}"
 done
-awk '$1 == "old" {o[++a] = $2} $1 == "new" {n[++b] = $2} END {
-  asort(o); asort(n); printf "  new / old (medians): %.3f\n", n[int((b+1)/2)] / o[int((a+1)/2)] }' "$work/times"
+awk -v o="${medians[0]}" -v n="${medians[1]}" 'BEGIN { printf "  new / old (medians): %.3f\n", n / o }'

@@ -44,6 +44,7 @@ pub mod clouds;
 pub mod config;
 pub mod daemon;
 pub(crate) mod exit;
+pub(crate) mod heap;
 pub(crate) mod http;
 pub(crate) mod images;
 pub(crate) mod jobs;

@@ -514,6 +514,7 @@ impl ImageService {
             if !reaped.is_empty() {
                 tracing::info!(count = reaped.len(), "reaper deleted abandoned uploads");
             }
+            crate::heap::release_free_pages();
             tracing::debug!("reaper: pass done");
             if std::mem::take(&mut first) {
                 tracing::info!("reaper: first pass done");
