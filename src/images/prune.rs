@@ -116,9 +116,15 @@ pub(crate) fn plan_prune(
                 .filter(|i| i.is_active() && is_hidden(i))
                 .chain(retired.iter().copied())
                 .collect();
-            hidden.sort_by(|a, b| order_key(b).cmp(&order_key(a)));
+            // In one second, an image retired now is newer than one hidden
+            // before: revisions are retired in the order they were made.
+            let retired_now = |i: &Image| retired.iter().any(|r| r.id == i.id);
+            hidden.sort_by(|a, b| {
+                let key = |i: &Image| (i.created_at, retired_now(i), i.id.clone());
+                key(b).cmp(&key(a))
+            });
             for (rank, image) in hidden.into_iter().enumerate() {
-                let is_new = retired.iter().any(|r| r.id == image.id);
+                let is_new = retired_now(image);
                 if rank < num_revisions as usize {
                     if is_new {
                         plan.hide.push(image.id.clone());
@@ -369,6 +375,33 @@ mod tests {
         assert_eq!(
             (plan.hide, plan.delete),
             (vec!["z".to_string()], Vec::new())
+        );
+    }
+
+    #[test]
+    fn in_the_same_second_the_revision_retired_now_is_newer_than_one_hidden_before() {
+        // Four uploads within a second, num_revisions 1: "b" was hidden by the
+        // previous upload, "c" is retired now; whatever the ids say, "c" stays
+        // hidden and "b" goes.
+        let images = vec![
+            own(image("d", Active, 0, false)),
+            own(image("c", Active, 0, false)),
+            hidden(own(image("b", Active, 0, false))),
+        ];
+        let plan = plan_prune(&images, "d", 1, Retire::Hide, now(), HOUR, OWN);
+        assert_eq!(
+            (plan.hide, plan.delete),
+            (vec!["c".to_string()], vec!["b".to_string()])
+        );
+        let images = vec![
+            own(image("d", Active, 0, false)),
+            own(image("b", Active, 0, false)),
+            hidden(own(image("c", Active, 0, false))),
+        ];
+        let plan = plan_prune(&images, "d", 1, Retire::Hide, now(), HOUR, OWN);
+        assert_eq!(
+            (plan.hide, plan.delete),
+            (vec!["b".to_string()], vec!["c".to_string()])
         );
     }
 
