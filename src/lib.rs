@@ -46,6 +46,7 @@ pub mod daemon;
 pub(crate) mod exit;
 pub(crate) mod heap;
 pub(crate) mod http;
+pub(crate) mod image_fields;
 pub(crate) mod images;
 pub(crate) mod jobs;
 pub(crate) mod metrics;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-use crate::openstack::glance::DiskFormat;
+use crate::image_fields::DiskFormat;
 
 pub use auth::{AppCredential, Auth, DomainRef, ProjectRef, Scope, UserRef};
 pub(crate) use upload_settings::UploadMethod;

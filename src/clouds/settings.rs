@@ -7,7 +7,7 @@ use serde_yaml::{Mapping, Value};
 use url::Url;
 
 use super::{CloudConfig, CloudsError, CloudsFile, Interface, TlsSettings};
-use crate::openstack::glance::DiskFormat;
+use crate::image_fields::DiskFormat;
 
 impl CloudsFile {
     /// Parses a clouds.yaml document (YAML, or JSON, which is YAML), with an

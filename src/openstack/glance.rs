@@ -85,46 +85,7 @@ impl std::fmt::Display for ImageStatus {
     }
 }
 
-closed_set! {
-    /// A disk format Glance knows.
-    pub(crate) enum DiskFormat {
-        Ami = "ami",
-        Ari = "ari",
-        Aki = "aki",
-        Vhd = "vhd",
-        Vhdx = "vhdx",
-        Vmdk = "vmdk",
-        Raw = "raw",
-        Qcow2 = "qcow2",
-        Vdi = "vdi",
-        Iso = "iso",
-        Ploop = "ploop",
-    }
-}
-
-closed_set! {
-    /// A container format Glance knows.
-    pub(crate) enum ContainerFormat {
-        Bare = "bare",
-        Ovf = "ovf",
-        Aki = "aki",
-        Ari = "ari",
-        Ami = "ami",
-        Ova = "ova",
-        Docker = "docker",
-        Compressed = "compressed",
-    }
-}
-
-closed_set! {
-    /// Who may see an image.
-    pub(crate) enum Visibility {
-        Private = "private",
-        Shared = "shared",
-        Community = "community",
-        Public = "public",
-    }
-}
+pub(crate) use crate::image_fields::{ContainerFormat, DiskFormat, Visibility};
 
 /// An image as Glance describes it; only the fields the daemon reads are typed.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
