@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # Short tokens, so that the token-refresh test sees three lifetimes in three minutes.
 TEST_TOKEN_LIFETIME ?= 60
 
-.PHONY: demo test test-api unit bed bed-down bench bench-versus build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check charmlib-wheel charmlib-wheel-test
+.PHONY: demo test test-api package-test unit bed bed-down bench bench-versus build fmt lint deps openapi systemd-check systemd-test install deb charmlib-test charmlib-check charmlib-wheel charmlib-wheel-test
 
 # Debian packages the demo and the tests use (qcow2 images are made with qemu-img).
 deps:
@@ -28,11 +28,19 @@ bed-down:
 # Every test. Everything is built first; then the unit tests; then the API tests, the
 # charm library's tests and its wheel's run side by side (each mostly waits on the
 # bed's services, so the 2 cores are not the limit), their output kept per part.
+# Then the package (build, install, reinstall, upgrade, purge) and the unit under a real
+# systemd in systemd-nspawn, which installs that package (both as root).
 API_TEST_THREADS ?= 4
 test: deps bed
 	cargo test --all-targets --no-run
 	cargo test --lib --bins --benches
 	$(MAKE) -j3 --output-sync=target test-api charmlib-test charmlib-wheel-test
+	$(MAKE) package-test systemd-test
+
+# The .deb of the dev-profile binary the tests built: what this checks is the package
+# (contents, metadata, maintainer scripts, install, purge); `make deb` is what ships.
+package-test:
+	DEB_PROFILE=dev packaging/check-deb.sh
 
 # The API tests (tests/api) against the bed.
 test-api: $(if $(OSIH_BED_DIR),,bed)

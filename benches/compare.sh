@@ -14,6 +14,8 @@
 #      curl -T, and peak RSS (benches/convert.sh).
 #   7. import (glance-direct) against a direct PUT of the same file (benches/import.sh).
 # benches/versus-0.1.sh (`make bench-versus`): idle RSS and upload medians against 0.1.
+#
+# BENCH_ROWS picks rows (default: all): latest upload scale convert import load.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../tests/daemon.sh
@@ -24,6 +26,8 @@ venv=$(sed -n 's/^export OSIH_BED_VENV=//p' "$bed/env")
 runs=${BENCH_RUNS:-10}
 size_mib=${BENCH_IMAGE_MIB:-1024}
 port=${BENCH_PORT:-18428}
+rows=" ${BENCH_ROWS:-latest upload scale convert import load} "
+want() { [[ $rows == *" $1 "* ]]; }
 # The bed's clouds, and two for the import row (benches/import.sh): the import
 # Glance's cloud, once with direct PUTs and once with glance-direct import.
 mkdir -p "$work"
@@ -54,15 +58,6 @@ now() { date +%s.%N; }
 since() { awk -v s="$1" -v e="$(now)" 'BEGIN { print e - s }'; }
 stats() { sort -n | awk '{a[NR]=$1; s+=$1} END {printf "mean %7.1f ms   median %7.1f ms   (n=%d)\n", s/NR*1000, a[int((NR+1)/2)]*1000, NR}'; }
 
-echo "== latest active image, $runs runs each"
-printf '%-44s' "old: fresh python + openstacksdk, list all:"
-for _ in $(seq "$runs"); do
-  t=$(now); OS_CLIENT_CONFIG_FILE=$bed/clouds.yaml "$venv/bin/python" "$repo/benches/old_latest.py" charm jammy-bench-x64 >/dev/null; since "$t"
-done | stats
-printf '%-44s' "daemon, CLI (fresh process):"
-for _ in $(seq "$runs"); do
-  t=$(now); cli latest --base jammy --app-name bench --arch x64 >/dev/null; since "$t"
-done | stats
 # $runs "latest" through the daemon's HTTP API, as a hook would, timed.
 daemon_latest_runs() {
   for _ in $(seq "$runs"); do
@@ -72,34 +67,60 @@ daemon_latest_runs() {
     since "$t"
   done | stats
 }
-printf '%-44s' "daemon, HTTP (curl, as a hook would):"
-daemon_latest_runs
+if want latest; then
+  echo "== latest active image, $runs runs each"
+  printf '%-44s' "old: fresh python + openstacksdk, list all:"
+  for _ in $(seq "$runs"); do
+    t=$(now); OS_CLIENT_CONFIG_FILE=$bed/clouds.yaml "$venv/bin/python" "$repo/benches/old_latest.py" charm jammy-bench-x64 >/dev/null; since "$t"
+  done | stats
+  printf '%-44s' "daemon, CLI (fresh process):"
+  for _ in $(seq "$runs"); do
+    t=$(now); cli latest --base jammy --app-name bench --arch x64 >/dev/null; since "$t"
+  done | stats
+  printf '%-44s' "daemon, HTTP (curl, as a hook would):"
+  daemon_latest_runs
+fi
 
-echo "== upload of $size_mib MiB"
 gtoken=$(curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
   "$(sed -n 's/^export KEYSTONE_URL=//p' "$bed/env")/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r')
 glance=$(sed -n 's/^export GLANCE_URL=//p' "$bed/env")
-id=$(curl -fsS -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/json' \
-  -d '{"name":"bench-curl","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" | sed 's/.*"id": "\([^"]*\)".*/\1/')
-t=$(now)
-curl -fsS -H 'Expect:' -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/octet-stream' -T "$image" "$glance/v2/images/$id/file"
-curl_s=$(since "$t")
-curl -fsS -X DELETE -H "X-Auth-Token: $gtoken" "$glance/v2/images/$id" >/dev/null
-t=$(now)
-cli upload --base jammy --app-name bench --arch x64 --num-revisions 2 --src-path "$image" >/dev/null 2>&1
-daemon_s=$(since "$t")
-awk -v c="$curl_s" -v d="$daemon_s" -v m="$size_mib" 'BEGIN {
-  printf "%-44s%6.2f s  %6.0f MiB/s\n", "curl -T straight to Glance (no hashing):", c, m/c
-  printf "%-44s%6.2f s  %6.0f MiB/s\n", "daemon (md5+sha512 in one read, verify):", d, m/d }'
-echo "== daemon memory"
-grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'
+if want upload; then
+  echo "== upload of $size_mib MiB"
+  id=$(curl -fsS -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/json' \
+    -d '{"name":"bench-curl","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" | sed 's/.*"id": "\([^"]*\)".*/\1/')
+  t=$(now)
+  curl -fsS -H 'Expect:' -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/octet-stream' -T "$image" "$glance/v2/images/$id/file"
+  curl_s=$(since "$t")
+  curl -fsS -X DELETE -H "X-Auth-Token: $gtoken" "$glance/v2/images/$id" >/dev/null
+  t=$(now)
+  cli upload --base jammy --app-name bench --arch x64 --num-revisions 2 --src-path "$image" >/dev/null 2>&1
+  daemon_s=$(since "$t")
+  awk -v c="$curl_s" -v d="$daemon_s" -v m="$size_mib" 'BEGIN {
+    printf "%-44s%6.2f s  %6.0f MiB/s\n", "curl -T straight to Glance (no hashing):", c, m/c
+    printf "%-44s%6.2f s  %6.0f MiB/s\n", "daemon (md5+sha512 in one read, verify):", d, m/d }'
+  echo "== daemon memory"
+  grep -E 'VmHWM|VmRSS' "/proc/$daemon/status" | sed 's/^/  /'
+fi
 
+io_read() { sed -n 's/^rchar: //p' "/proc/$daemon/io"; }
+reset_peak() { echo 5 >"/proc/$daemon/clear_refs" 2>/dev/null || true; }
+peak_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$daemon/status"; }
+# Runs "$@" and prints: seconds, MiB read by the daemon, the daemon's peak RSS in MiB.
+measured() {
+  local t r
+  reset_peak
+  r=$(io_read)
+  t=$(now)
+  "$@" >/dev/null 2>&1
+  printf '%s %s %s\n' "$(since "$t")" "$(( ($(io_read) - r) / 1048576 ))" "$(peak_mib)"
+}
 # shellcheck source=scale.sh
-source "$repo/benches/scale.sh"
+if want scale; then source "$repo/benches/scale.sh"; fi
 # shellcheck source=convert.sh
-source "$repo/benches/convert.sh"
+if want convert; then source "$repo/benches/convert.sh"; fi
 # shellcheck source=import.sh
-source "$repo/benches/import.sh"
+if want import; then source "$repo/benches/import.sh"; fi
+want load || exit 0
 
 echo "== many hooks at once (benches/load.rs: every answer checked; Glance calls counted at Glance)"
 load_files=()

@@ -10,20 +10,7 @@
 #   2. "latest" with the project's images as they are and with 2,000: the daemon
 #      (one server-side query) and the old way (list everything, filter locally).
 
-io_read() { sed -n 's/^rchar: //p' "/proc/$daemon/io"; }
-reset_peak() { echo 5 >"/proc/$daemon/clear_refs" 2>/dev/null || true; }
-peak_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$daemon/status"; }
-
-# Runs "$@" and prints: seconds, MiB read by the daemon, the daemon's peak RSS in MiB.
-measured() {
-  local t r
-  reset_peak
-  r=$(io_read)
-  t=$(now)
-  "$@" >/dev/null 2>&1
-  printf '%s %s %s\n' "$(since "$t")" "$(( ($(io_read) - r) / 1048576 ))" "$(peak_mib)"
-}
-
+# io_read, reset_peak, peak_mib and measured are compare.sh's.
 echo "== one $size_mib MiB image to two clouds (A: charm, B: charm-b, each its own Glance)"
 upload_to() { cli upload --base jammy --app-name bench-fan --arch x64 --num-revisions 1 --src-path "$image" "$@"; }
 sequential() { upload_to --cloud charm && upload_to --cloud charm-b; }
