@@ -81,8 +81,7 @@ if want latest; then
   daemon_latest_runs
 fi
 
-gtoken=$(curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
-  "$(sed -n 's/^export KEYSTONE_URL=//p' "$bed/env")/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r')
+gtoken=$(charm_glance_token)
 glance=$(sed -n 's/^export GLANCE_URL=//p' "$bed/env")
 if want upload; then
   echo "== upload of $size_mib MiB"

@@ -11,7 +11,9 @@
 # dir: about 6 minutes on 2 cores, then cached). Needs the bed (tests/openstack/up.sh).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bed=${OSIH_BED_DIR:-$repo/target/openstack-bed}
+# shellcheck source=../tests/daemon.sh
+source "$repo/tests/daemon.sh"
+bed=$osih_bed
 work=$repo/target/bench/versus
 old=$repo/target/bench/v0.1
 old_commit=27d1226
@@ -92,15 +94,10 @@ upload() {
     "http://127.0.0.1:$2/v1/images"
   since "$t"
 }
-# A fresh token each time: the bed's tokens may live only 60 s.
-glance_token() {
-  curl -si -H 'Content-Type: application/json' -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$(sed -n 's/^CHARM_PASSWORD=//p' "$bed/secrets.env")\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
-    "$(sed -n 's/^export KEYSTONE_URL=//p' "$bed/env")/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r'
-}
 glance=$(sed -n 's/^export GLANCE_URL=//p' "$bed/env")
 curl_put() {
   local id t gtoken
-  gtoken=$(glance_token)
+  gtoken=$(charm_glance_token) # fresh: the bed's tokens may live only 60 s
   id=$(curl -fsS -H "X-Auth-Token: $gtoken" -H 'Content-Type: application/json' \
     -d '{"name":"versus-curl","disk_format":"raw","container_format":"bare"}' "$glance/v2/images" | sed 's/.*"id": "\([^"]*\)".*/\1/')
   t=$(now)

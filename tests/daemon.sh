@@ -8,6 +8,8 @@
 #                            daemon (log: WORK/daemon.log), stops it on exit, and
 #                            waits until cloud charm is authenticated.
 #   cli ARGS...              the CLI with that config.
+#   charm_glance_token       a fresh Keystone token of the bed's user charm (charm-project),
+#                            to call Glance straight, as the benchmarks' baselines do.
 
 osih_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 osih_bed=${OSIH_BED_DIR:-$osih_repo/target/openstack-bed}
@@ -37,3 +39,12 @@ YAML
 }
 
 cli() { "$osih_bin" --config "$osih_config" "$@"; }
+
+charm_glance_token() {
+  local password keystone
+  password=$(sed -n 's/^CHARM_PASSWORD=//p' "$osih_bed/secrets.env")
+  keystone=$(sed -n 's/^export KEYSTONE_URL=//p' "$osih_bed/env")
+  curl -si -H 'Content-Type: application/json' \
+    -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"charm\",\"domain\":{\"name\":\"Default\"},\"password\":\"$password\"}}},\"scope\":{\"project\":{\"name\":\"charm-project\",\"domain\":{\"name\":\"Default\"}}}}}" \
+    "$keystone/auth/tokens" | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p' | tr -d '\r'
+}

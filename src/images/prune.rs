@@ -371,38 +371,31 @@ mod tests {
             )),
             vec!["z"]
         );
-        let plan = plan_prune(&images, "a", 1, Retire::Hide, now(), HOUR, OWN);
         assert_eq!(
-            (plan.hide, plan.delete),
+            hide_plan(&images, "a", 1),
             (vec!["z".to_string()], Vec::new())
         );
     }
 
     #[test]
     fn in_the_same_second_the_revision_retired_now_is_newer_than_one_hidden_before() {
-        // Four uploads within a second, num_revisions 1: "b" was hidden by the
-        // previous upload, "c" is retired now; whatever the ids say, "c" stays
-        // hidden and "b" goes.
-        let images = vec![
-            own(image("d", Active, 0, false)),
-            own(image("c", Active, 0, false)),
-            hidden(own(image("b", Active, 0, false))),
-        ];
-        let plan = plan_prune(&images, "d", 1, Retire::Hide, now(), HOUR, OWN);
-        assert_eq!(
-            (plan.hide, plan.delete),
-            (vec!["c".to_string()], vec!["b".to_string()])
-        );
-        let images = vec![
-            own(image("d", Active, 0, false)),
-            own(image("b", Active, 0, false)),
-            hidden(own(image("c", Active, 0, false))),
-        ];
-        let plan = plan_prune(&images, "d", 1, Retire::Hide, now(), HOUR, OWN);
-        assert_eq!(
-            (plan.hide, plan.delete),
-            (vec!["b".to_string()], vec!["c".to_string()])
-        );
+        // Four uploads within a second, num_revisions 1: the previous upload hid
+        // one revision and this one retires another; whatever the ids say, the
+        // one retired now stays hidden and the one hidden before goes.
+        for (retired_now, hidden_before) in [("c", "b"), ("b", "c")] {
+            let images = vec![
+                own(image("d", Active, 0, false)),
+                own(image(retired_now, Active, 0, false)),
+                hidden(own(image(hidden_before, Active, 0, false))),
+            ];
+            assert_eq!(
+                hide_plan(&images, "d", 1),
+                (
+                    vec![retired_now.to_string()],
+                    vec![hidden_before.to_string()]
+                )
+            );
+        }
     }
 
     #[test]
